@@ -1,0 +1,33 @@
+# Everything sets itself up: `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export WANDB_MODE ?= offline
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+# torch first, pinned to the CPU build on this machine's disk; then the project and its deps.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# The main job on its embedded defaults: nf4, fp4 x LoRA on all / qv layers of `tiny`.
+demo: install
+	$(PY) -m qlora_lab.train -m dtype=nf4,fp4 lora.targets=all,qv hydra.sweep.dir=multirun/demo
+
+test: install
+	$(PY) -m pytest -q tests
+
+bench: install
+	$(PY) benchmarks/train_throughput.py
+
+clean:
+	rm -rf outputs multirun wandb .pytest_cache

@@ -1,0 +1,60 @@
+"""The on-disk cache for things every run of a sweep would otherwise rebuild.
+
+Keyed by the caller (a hash of whatever decides the content); written atomically under a file
+lock, so parallel jobs of one sweep build a thing once and never read half of it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+
+def cache_dir() -> Path:
+    """QLORA_LAB_CACHE, else ~/.cache/qlora_lab."""
+    root = os.environ.get("QLORA_LAB_CACHE") or Path.home() / ".cache" / "qlora_lab"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextmanager
+def build_lock(name: str) -> Iterator[None]:
+    """Exclusive lock on `name` across processes (parallel jobs building the same thing)."""
+    lock_path = cache_dir() / f"{name}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file in the same folder + rename: readers see all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cached_json(name: str, build: Callable[[], object]) -> object:
+    """The JSON value cached as `name`, built (once, under a lock) when missing."""
+    path = cache_dir() / name
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))
+    with build_lock(name):
+        if not path.exists():
+            atomic_write_text(path, json.dumps(build()))
+    return json.loads(path.read_text(encoding="utf-8"))

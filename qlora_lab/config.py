@@ -1,0 +1,364 @@
+"""Typed, validated run configuration: the boundary between Hydra's DictConfig and the run.
+
+Every config group has one dataclass here; `run_config(cfg)` turns a composed DictConfig into a
+`RunConfig` or raises `ConfigError` with one line naming the key, the bad value and what is
+allowed. Unknown keys are refused: the paper's own script silently dropped a flag it did not
+know, and nobody noticed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from qlora_lab.model.dtypes import DTYPES, available_backends
+from qlora_lab.model.targets import TARGET_GROUPS, target_names
+
+
+class ConfigError(ValueError):
+    """A bad config value, said in one line: key, value, what is allowed."""
+
+    def __init__(self, key: str, value: Any, allowed: str):
+        said = f"{key}: {allowed}" if value is _NO_VALUE else f"{key}={_shown(value)}: {allowed}"
+        super().__init__(said)
+        self.key, self.value, self.allowed = key, value, allowed
+
+
+_NO_VALUE = object()  # for keys that are wrong whatever their value (unknown, missing)
+
+
+def _shown(value: Any) -> str:
+    """As it would be typed on the command line: nf5, 0, [q_proj,foo], null."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ",".join(_shown(v) for v in value) + "]"
+    return str(value)
+
+
+@dataclass
+class Resources:
+    """What one job of this model asks the launcher for (scale-out hints)."""
+
+    gpus: int = 0  # accelerators per job
+    cpus: int = 2  # CPU cores per job
+    mem_gb: int = 8  # host memory per job
+    hours: float = 0.1  # wall-clock hours of one default-length run
+
+
+@dataclass
+class Arch:
+    """Shape of a Llama built locally from a config (never downloaded)."""
+
+    vocab_size: int = 2048  # tokenizer vocabulary, trained locally on the corpus
+    hidden_size: int = 256
+    intermediate_size: int = 704  # a multiple of 32: bitsandbytes' CPU repacking asserts it
+    num_layers: int = 4
+    num_heads: int = 4
+    max_seq_len: int = 1024
+
+
+@dataclass
+class Pretrain:
+    """A brief causal-LM pretraining of a built base, so LoRA has something to adapt."""
+
+    steps: int = 300  # optimizer steps on the corpus
+    batch_size: int = 8  # sequences per step
+    seq_len: int = 256  # tokens per sequence
+    learning_rate: float = 3e-3  # AdamW, cosine to 10% after warmup
+    seed: int = 0  # init and data order
+
+
+@dataclass
+class ModelConfig:
+    """Which base model, where it comes from, and what a job for it needs."""
+
+    name: str = "tiny"  # the config's own name, as chosen by `model=NAME`
+    source: str = "build"  # build: made locally from `arch` + `pretrain`; pretrained: `path`
+    path: Optional[str] = None  # hub id or local folder (source=pretrained)
+    family: str = "llama"  # architecture family: which module names LoRA targets mean
+    arch: Optional[Arch] = None  # source=build only
+    pretrain: Optional[Pretrain] = None  # source=build only
+    resources: Resources = field(default_factory=Resources)
+
+    def validate(self) -> None:
+        _choice("model.source", self.source, ("build", "pretrained"))
+        _choice("model.family", self.family, sorted(TARGET_GROUPS))
+        if self.source == "build" and (self.arch is None or self.pretrain is None):
+            raise ConfigError("model.arch", self.arch, "source=build needs model.arch and model.pretrain")
+        if self.source == "pretrained" and not self.path:
+            raise ConfigError("model.path", self.path, "source=pretrained needs a hub id or a local folder")
+        if self.arch is not None:
+            for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "max_seq_len"):
+                _positive(f"model.arch.{key}", getattr(self.arch, key))
+            if self.arch.hidden_size % self.arch.num_heads:
+                raise ConfigError("model.arch.num_heads", self.arch.num_heads, "must divide model.arch.hidden_size")
+        if self.pretrain is not None:
+            for key in ("batch_size", "seq_len"):
+                _positive(f"model.pretrain.{key}", getattr(self.pretrain, key))
+            _at_least("model.pretrain.steps", self.pretrain.steps, 0)
+            _positive_float("model.pretrain.learning_rate", self.pretrain.learning_rate)
+
+
+@dataclass
+class DatasetConfig:
+    """Where the (source, target) pairs come from and how the eval split is made."""
+
+    name: str = "stdlib"  # the config's own name, as chosen by `dataset=NAME`
+    format: str = "stdlib"  # row -> (source, target) function, see qlora_lab.data.formats
+    hub_id: Optional[str] = None  # datasets.load_dataset id, used when `path` is unset
+    path: Optional[str] = None  # local JSON / JSONL file in the format's field layout
+    n_eval: int = 64  # held-out examples, split off by `split_seed` where the data has no split
+    split_seed: int = 42  # the paper's seed for its 1024-example eval split
+    max_train_samples: Optional[int] = None  # cap after the split (None: all)
+    max_eval_samples: Optional[int] = None  # cap after the split (None: all)
+
+    def validate(self) -> None:
+        from qlora_lab.data.formats import FORMATS
+
+        _choice("dataset.format", self.format, sorted(FORMATS))
+        if self.path is None and self.hub_id is None and self.format != "stdlib":
+            raise ConfigError("dataset.path", None, f"dataset={self.name} needs dataset.path=FILE or a hub_id")
+        if self.path is not None:
+            if not Path(self.path).is_file():
+                raise ConfigError("dataset.path", self.path, "no such file")
+            if Path(self.path).suffix not in (".json", ".jsonl"):
+                raise ConfigError("dataset.path", self.path, "expected a .json or .jsonl file")
+        _positive("dataset.n_eval", self.n_eval)
+        for key in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, key) is not None:
+                _positive(f"dataset.{key}", getattr(self, key))
+
+
+@dataclass
+class DTypeConfig:
+    """How the frozen base weights are stored: the data type and its quantization settings."""
+
+    name: str = "nf4"  # data type: see qlora_lab.model.dtypes.DTYPES
+    backend: str = "bnb"  # bnb (bitsandbytes via transformers), lab (qlora_kernels), none
+    double_quant: Optional[bool] = True  # quantize the block constants too (the paper's DQ)
+    blocksize: Optional[int] = 64  # weights per absmax block
+    compute_dtype: str = "bf16"  # dtype of the matmuls and of unquantized weights
+
+    def validate(self) -> None:
+        _choice("dtype", self.name, sorted(DTYPES))
+        spec = DTYPES[self.name]
+        _choice("dtype.backend", self.backend, spec.backends)
+        ready = available_backends()
+        if self.backend not in ready:
+            runnable = [name for name, s in DTYPES.items() if set(s.backends) & set(ready)]
+            raise ConfigError("dtype" if self.backend == spec.backends[0] else "dtype.backend",
+                              self.name if self.backend == spec.backends[0] else self.backend,
+                              f"needs backend '{self.backend}' (qlora_kernels), which this installation "
+                              f"does not have; runnable now: {', '.join(runnable)}")
+        _choice("dtype.compute_dtype", self.compute_dtype, ("bf16", "fp16", "fp32"))
+        if not spec.blockwise:
+            for key in ("double_quant", "blocksize"):
+                if getattr(self, key) is not None:
+                    raise ConfigError(f"dtype.{key}", getattr(self, key),
+                                      f"has no effect with dtype={self.name}; leave it null")
+            return
+        if not isinstance(self.double_quant, bool):
+            raise ConfigError("dtype.double_quant", self.double_quant, "expected true or false")
+        allowed_blocks = spec.blocksizes.get(self.backend)
+        if allowed_blocks is not None and self.blocksize not in allowed_blocks:
+            raise ConfigError("dtype.blocksize", self.blocksize,
+                              f"backend {self.backend} supports {', '.join(map(str, allowed_blocks))}")
+
+
+@dataclass
+class LoraConfig:
+    """The LoRA adapters: rank, scale, dropout and which linear layers get one."""
+
+    r: int = 64  # adapter rank (the paper: 64)
+    alpha: float = 16.0  # scale numerator: the update is scaled by alpha / r
+    dropout: float = 0.1  # on the adapter input (the paper: 0.1 up to 13B, 0.05 above)
+    targets: Union[str, list] = "all"  # all | qv | attn | mlp | an explicit list of module names
+
+    def validate(self, family: str) -> None:
+        _positive("lora.r", self.r)
+        _positive_float("lora.alpha", self.alpha)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("lora.dropout", self.dropout, "expected a number in [0, 1)")
+        if isinstance(self.targets, str):
+            _choice("lora.targets", self.targets, sorted(TARGET_GROUPS[family]) + ["all"])
+            return
+        known = target_names(family, "all")
+        if not self.targets:
+            raise ConfigError("lora.targets", self.targets, "expected a group name or a non-empty list")
+        for name in self.targets:
+            if name not in known:
+                raise ConfigError("lora.targets", name, f"family {family} has {', '.join(known)}")
+
+
+@dataclass
+class TrainConfig:
+    """The optimization: the paper's recipe, with step counts scaled to the model at hand."""
+
+    max_steps: int = 30  # optimizer steps; 0 = eval-only run (post-training quantization)
+    batch_size: int = 4  # sequences per device per micro-batch
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    learning_rate: float = 2e-4  # the paper's lr up to 13B
+    lr_scheduler: str = "constant"  # constant (with warmup when warmup_ratio > 0), linear, cosine
+    warmup_ratio: float = 0.03  # fraction of max_steps spent warming up
+    max_grad_norm: float = 0.3  # the paper's clipping
+    weight_decay: float = 0.0
+    optimizer: str = "paged_adamw_32bit"  # bitsandbytes' paged optimizer, or adamw_torch
+    gradient_checkpointing: bool = True  # recompute activations in backward (the paper: on)
+    group_by_length: bool = False  # batch similar lengths together (the paper: on)
+    source_max_len: int = 256  # source tokens kept (bos included; the rest cut off)
+    target_max_len: int = 256  # target tokens kept (eos included; the rest cut off)
+    train_on_source: bool = False  # also train on the source tokens (the paper: off)
+    save_steps: int = 250  # checkpoint every N steps into the run folder (0: never)
+    seed: int = 0  # init of the adapters, dropout and data order
+    report_to: str = "wandb"  # wandb (offline unless WANDB_MODE says otherwise) | none
+
+    def validate(self) -> None:
+        _at_least("train.max_steps", self.max_steps, 0)
+        _at_least("train.save_steps", self.save_steps, 0)
+        for key in ("batch_size", "grad_accum_steps", "source_max_len", "target_max_len"):
+            _positive(f"train.{key}", getattr(self, key))
+        _positive_float("train.learning_rate", self.learning_rate)
+        _positive_float("train.max_grad_norm", self.max_grad_norm)
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError("train.warmup_ratio", self.warmup_ratio, "expected a number in [0, 1)")
+        if self.weight_decay < 0:
+            raise ConfigError("train.weight_decay", self.weight_decay, "expected a number >= 0")
+        _choice("train.lr_scheduler", self.lr_scheduler, ("constant", "linear", "cosine"))
+        _choice("train.optimizer", self.optimizer,
+                ("paged_adamw_32bit", "paged_adamw_8bit", "adamw_torch", "adamw_bnb_8bit"))
+        _choice("train.report_to", self.report_to, ("wandb", "none"))
+
+
+@dataclass
+class EvalConfig:
+    """What is measured after training: held-out loss/perplexity and RougeL of generations."""
+
+    loss: bool = True  # held-out loss and perplexity over the eval split's target tokens
+    batch_size: int = 8  # eval micro-batch
+    n_generate: int = 4  # held-out examples answered greedily and scored by RougeL (0: none)
+    max_new_tokens: int = 64  # generation length cap
+
+    def validate(self) -> None:
+        _positive("eval.batch_size", self.batch_size)
+        _at_least("eval.n_generate", self.n_generate, 0)
+        _positive("eval.max_new_tokens", self.max_new_tokens)
+
+
+@dataclass
+class RunConfig:
+    """One run: a choice from every group. Its dict form is what `run_id` hashes."""
+
+    model: ModelConfig
+    dataset: DatasetConfig
+    dtype: DTypeConfig
+    lora: LoraConfig
+    train: TrainConfig
+    eval: EvalConfig
+
+    def validate(self) -> None:
+        self.model.validate()
+        self.dataset.validate()
+        self.dtype.validate()
+        self.lora.validate(self.model.family)
+        self.train.validate()
+        self.eval.validate()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+GROUPS: dict[str, type] = typing.get_type_hints(RunConfig)  # group name -> its dataclass
+
+
+def run_config(cfg: Any) -> RunConfig:
+    """DictConfig (or plain dict) -> validated RunConfig; the `hydra` node is not the run's."""
+    from omegaconf import DictConfig, OmegaConf
+
+    tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    tree.pop("hydra", None)
+    hints = typing.get_type_hints(RunConfig)
+    unknown = sorted(set(tree) - set(hints))
+    if unknown:
+        raise ConfigError(unknown[0], _NO_VALUE, f"unknown top-level key; expected one of {', '.join(hints)}")
+    groups = {}
+    for name, cls in hints.items():
+        if name not in tree:
+            raise ConfigError(name, _NO_VALUE, f"no {name} group chosen")
+        groups[name] = _build(cls, tree[name], name)
+    config = RunConfig(**groups)
+    config.validate()
+    return config
+
+
+def _build(cls: type, node: Any, key: str) -> Any:
+    if not isinstance(node, dict):
+        raise ConfigError(key, node, f"expected a {cls.__name__} mapping")
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(node) - set(hints))
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}", _NO_VALUE, f"unknown key; expected one of {', '.join(hints)}")
+    return cls(**{name: _coerce(node[name], hints[name], f"{key}.{name}") for name in node})
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as err:
+                errors.append(err.allowed)
+        raise ConfigError(key, value, " or ".join(errors))
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, value, "expected true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, value, "expected an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, value, "expected a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, value, "expected a string")
+        return value
+    if hint is list or origin is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(key, value, "expected a list of names")
+        return list(value)
+    raise TypeError(f"config field {key} has an unsupported type {hint!r}")
+
+
+def _choice(key: str, value: Any, allowed: Any) -> None:
+    if value not in allowed:
+        raise ConfigError(key, value, f"expected one of {', '.join(map(str, allowed))}")
+
+
+def _positive(key: str, value: int) -> None:
+    if value <= 0:
+        raise ConfigError(key, value, "expected an integer > 0")
+
+
+def _at_least(key: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(key, value, f"expected an integer >= {low}")
+
+
+def _positive_float(key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(key, value, "expected a number > 0")

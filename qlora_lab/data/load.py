@@ -1,0 +1,87 @@
+"""Rows from a local file, the hub or the stdlib -> checked (source, target) pairs, split."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from qlora_lab.config import DatasetConfig
+from qlora_lab.data import stdlib
+from qlora_lab.data.formats import FORMATS
+
+
+class DataError(ValueError):
+    """Bad data, said in one line: which file or dataset, where, what was expected."""
+
+
+@dataclass
+class Splits:
+    """The pairs a run trains and evaluates on, and what identifies the data they came from."""
+
+    train: list[tuple[str, str]]
+    eval: list[tuple[str, str]]
+    fingerprint: str  # sha256 of the file (or rows) / hub id + datasets' fingerprint
+
+
+def load_splits(cfg: DatasetConfig) -> Splits:
+    rows, fingerprint = _raw_rows(cfg)
+    fmt = FORMATS[cfg.format]
+    if not rows:
+        raise DataError(f"dataset={cfg.name}: {cfg.path or cfg.hub_id or cfg.format} holds no rows")
+    pairs = []
+    for index, row in enumerate(rows):
+        missing = [f for f in fmt.fields if f not in row]
+        if missing:
+            raise DataError(f"dataset={cfg.name}: row {index + 1} lacks {', '.join(missing)}; "
+                            f"expected fields: {_field_list(fmt)}")
+        pairs.append(fmt.to_pair(row))
+    if len(pairs) <= cfg.n_eval:
+        raise DataError(f"dataset.n_eval={cfg.n_eval} leaves no training rows: dataset={cfg.name} has {len(pairs)}")
+    order = list(range(len(pairs)))
+    random.Random(cfg.split_seed).shuffle(order)
+    eval_pairs = [pairs[i] for i in order[: cfg.n_eval]][: cfg.max_eval_samples]
+    train_pairs = [pairs[i] for i in sorted(order[cfg.n_eval :])][: cfg.max_train_samples]
+    return Splits(train=train_pairs, eval=eval_pairs, fingerprint=fingerprint)
+
+
+def _field_list(fmt) -> str:
+    return ", ".join(list(fmt.fields) + [f"{name} (optional)" for name in fmt.optional])
+
+
+def _raw_rows(cfg: DatasetConfig) -> tuple[list[dict], str]:
+    if cfg.path is not None:
+        path = Path(cfg.path)
+        return read_json_rows(path), "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    if cfg.format == "stdlib":
+        rows = stdlib.instruction_rows()
+        digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+        return rows, "sha256:" + digest
+    import datasets  # the real hub path: needs the network, never taken in tests
+
+    hub = datasets.load_dataset(cfg.hub_id, split="train")
+    return list(hub), f"{cfg.hub_id}@{hub._fingerprint}"
+
+
+def read_json_rows(path: Path) -> list[dict]:
+    """A JSON array of objects, or JSONL; a bad line is named by file and line number."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    else:
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: row {number} is a {type(row).__name__}, expected an object")
+    return rows

@@ -1,0 +1,1 @@
+"""Measures of a trained (or only quantized) model: one module per evaluation."""

@@ -1,0 +1,30 @@
+"""Held-out loss and perplexity, weighted by target token (not by batch)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from qlora_lab.data.tokens import IGNORE_INDEX, PadCollator
+
+
+@torch.no_grad()
+def heldout_loss(model, examples: list[dict], pad_token_id: int, batch_size: int) -> tuple[float, float]:
+    """(mean loss per target token, its perplexity) over `examples`."""
+    was_training = model.training
+    model.eval()
+    collate = PadCollator(pad_token_id)
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size]).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        labels = batch["labels"][:, 1:]
+        losses = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels,
+                                                   ignore_index=IGNORE_INDEX, reduction="sum")
+        total += losses.item()
+        count += int((labels != IGNORE_INDEX).sum())
+    model.train(was_training)
+    loss = total / max(count, 1)
+    return loss, math.exp(min(loss, 50.0))

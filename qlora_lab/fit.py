@@ -1,0 +1,94 @@
+"""Train the adapters with transformers' Trainer, used as it is, and keep the loss history."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from qlora_lab.config import TrainConfig
+from qlora_lab.data.tokens import PadCollator
+
+
+@dataclass
+class FitResult:
+    step_losses: list[float]  # one per optimizer step, from the whole log history (resume-safe)
+    train_s: float  # wall time inside Trainer.train
+    tokens: int  # non-padding input tokens seen
+    first_step_s: float | None  # train() call to the end of the first step (start-up cost)
+
+
+def training_arguments(cfg: TrainConfig, compute_dtype: str, out_dir: Path, run_name: str):
+    from transformers import TrainingArguments
+
+    # transformers' `constant` schedule ignores warmup (the paper's code asked for both and got
+    # none); with a warmup ratio we ask for what was meant.
+    scheduler = cfg.lr_scheduler
+    if scheduler == "constant" and cfg.warmup_ratio > 0:
+        scheduler = "constant_with_warmup"
+    return TrainingArguments(
+        output_dir=str(out_dir),
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=scheduler,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a value below 1 is a ratio of max_steps
+        max_grad_norm=cfg.max_grad_norm,
+        weight_decay=cfg.weight_decay,
+        optim=cfg.optimizer,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        bf16=compute_dtype == "bf16",
+        fp16=compute_dtype == "fp16",
+        use_cpu=not torch.cuda.is_available(),
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500,
+        logging_steps=1,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
+        run_name=run_name,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=False,
+    )
+
+
+def fit(model, tokenizer, examples: list[dict], cfg: TrainConfig, compute_dtype: str, run_dir: Path,
+        run_name: str) -> FitResult:
+    """max_steps optimizer steps; resumes from the newest checkpoint in the run folder."""
+    from transformers import Trainer, TrainerCallback
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out_dir = run_dir / "checkpoints"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    args = training_arguments(cfg, compute_dtype, out_dir, run_name)
+    start = time.perf_counter()
+    first_step: list[float] = []
+
+    class FirstStep(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if not first_step:
+                first_step.append(time.perf_counter() - start)
+
+    trainer = Trainer(model=model, args=args, train_dataset=examples,
+                      data_collator=PadCollator(tokenizer.pad_token_id), callbacks=[FirstStep()])
+    trainer.train(resume_from_checkpoint=get_last_checkpoint(str(out_dir)))
+    train_s = time.perf_counter() - start
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry and "step" in entry]
+    return FitResult(step_losses=losses, train_s=train_s, tokens=int(trainer.state.num_input_tokens_seen),
+                     first_step_s=first_step[0] if first_step else None)
+
+
+def window_mean(losses: list[float], which: str) -> float | None:
+    """Mean loss over the first or last tenth of the steps (at least one step)."""
+    if not losses:
+        return None
+    n = max(1, len(losses) // 10)
+    part = losses[:n] if which == "first" else losses[-n:]
+    return sum(part) / len(part)

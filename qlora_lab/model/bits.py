@@ -1,0 +1,52 @@
+"""Stored bits per weight of the base's linear layers, read from the real tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class StoredBits:
+    n_weights: int  # logical weights of the counted linear layers
+    n_bits: int  # bits they occupy: codes + block constants (+ the constants' constants)
+
+    @property
+    def bits_per_param(self) -> float:
+        return self.n_bits / self.n_weights if self.n_weights else float("nan")
+
+
+def _tensor_bits(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.numel() * t.element_size() * 8
+
+
+def linear_weight_bits(module: torch.nn.Linear) -> tuple[int, int]:
+    """(logical weights, stored bits) of one linear layer's weight, whatever stores it.
+
+    Counts the packed codes, absmax per block and, under double quantization, the 8-bit
+    absmax's own float32 constants and offset. The data type's code tables (16 or 256 values
+    per layer) are left out: they belong to the data type, not to the weights.
+    """
+    weight = module.weight
+    state = getattr(weight, "quant_state", None)
+    if state is not None:  # bitsandbytes 4-bit
+        bits = _tensor_bits(weight.data) + _tensor_bits(state.absmax)
+        if state.nested:
+            bits += _tensor_bits(state.state2.absmax) + _tensor_bits(torch.as_tensor(state.offset, dtype=torch.float32))
+        return int(torch.Size(state.shape).numel()), bits
+    scales = getattr(weight, "SCB", None)
+    if weight.dtype == torch.int8 and scales is not None:  # LLM.int8(): a float32 scale per row
+        return weight.numel(), _tensor_bits(weight.data) + _tensor_bits(scales)
+    return weight.numel(), _tensor_bits(weight.data)
+
+
+def base_linear_bits(model: torch.nn.Module, skip: set[int]) -> StoredBits:
+    """Over every linear layer of the base (LoRA's own layers and ids in `skip` left out)."""
+    total = StoredBits(0, 0)
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or id(module) in skip or ".lora_" in f".{name}":
+            continue
+        n, bits = linear_weight_bits(module)
+        total = StoredBits(total.n_weights + n, total.n_bits + bits)
+    return total

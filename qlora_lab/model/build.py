@@ -1,0 +1,129 @@
+"""Build the run's model: load the base (quantized by the dtype group), attach LoRA.
+
+Also counts what the record reports about it: parameters, trainable parameters, and the
+stored bits per weight of the quantized linear layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from qlora_lab.config import DTypeConfig, LoraConfig, ModelConfig
+from qlora_lab.model.bits import base_linear_bits
+from qlora_lab.model.quantize import bnb_config, disable_cpu_weight_repacking, load_dtype
+from qlora_lab.model.targets import target_names
+
+
+@dataclass
+class ModelInfo:
+    """The record's `model` block."""
+
+    name: str
+    path: str  # what from_pretrained loaded: hub id or local folder
+    n_params: int  # logical parameters of the base (a 4-bit weight counts as one)
+    n_trainable: int
+    bits_per_param: float  # stored bits per weight of the base's quantized linear layers
+    quantized_layers: int
+
+
+@dataclass
+class BuiltModel:
+    model: torch.nn.Module
+    tokenizer: object
+    info: ModelInfo
+
+
+def model_path(cfg: ModelConfig) -> str:
+    """A locally built base's cached folder (built on first use), or the hub id / folder."""
+    if cfg.source == "build":
+        from qlora_lab.model.tiny import built_model_dir
+
+        return str(built_model_dir(cfg))
+    return cfg.path
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:  # LLaMA ships none; the paper added one
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
+
+
+def load_base(path: str, dtype: DTypeConfig) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    device_map = "auto" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=bnb_config(dtype),
+                                                 dtype=load_dtype(dtype), device_map=device_map)
+    disable_cpu_weight_repacking(model)
+    return model
+
+
+def build_model(model_cfg: ModelConfig, dtype: DTypeConfig, lora: LoraConfig, seed: int,
+                gradient_checkpointing: bool) -> BuiltModel:
+    """Base + quantization + LoRA adapters; adapter init is seeded, so runs repeat exactly."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    path = model_path(model_cfg)
+    tokenizer = load_tokenizer(path)
+    base = load_base(path, dtype)
+    head = base.get_output_embeddings()
+    stored = base_linear_bits(base, skip={id(head)} if head is not None else set())
+    n_params = _logical_params(base)
+    base = prepare_base(base, dtype, gradient_checkpointing)
+    torch.manual_seed(seed)
+    adapters = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                              target_modules=target_names(model_cfg.family, lora.targets),
+                              bias="none", task_type="CAUSAL_LM")
+    model = get_peft_model(base, adapters)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    info = ModelInfo(name=model_cfg.name, path=path, n_params=n_params, n_trainable=n_trainable,
+                     bits_per_param=round(stored.bits_per_param, 6),
+                     quantized_layers=_quantized_layers(base))
+    return BuiltModel(model=model, tokenizer=tokenizer, info=info)
+
+
+def prepare_base(base: torch.nn.Module, dtype: DTypeConfig, gradient_checkpointing: bool) -> torch.nn.Module:
+    """peft's k-bit preparation (norms in fp32, input grads on), as the paper's code did."""
+    if dtype.backend == "none":
+        return base
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing,
+                                           gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def load_with_adapter(model_cfg: ModelConfig, dtype: DTypeConfig, adapter: Path) -> BuiltModel:
+    """A freshly quantized base with a saved adapter on top, prepared as in training."""
+    from peft import PeftModel
+
+    path = model_path(model_cfg)
+    base = prepare_base(load_base(path, dtype), dtype, gradient_checkpointing=False)
+    model = PeftModel.from_pretrained(base, str(adapter))
+    info = ModelInfo(name=model_cfg.name, path=path, n_params=_logical_params(base), n_trainable=0,
+                     bits_per_param=float("nan"), quantized_layers=_quantized_layers(base))
+    return BuiltModel(model=model, tokenizer=load_tokenizer(path), info=info)
+
+
+def _logical_params(model: torch.nn.Module) -> int:
+    total = 0
+    for param in model.parameters():
+        state = getattr(param, "quant_state", None)
+        total += torch.Size(state.shape).numel() if state is not None else param.numel()
+    return total
+
+
+def _quantized_layers(model: torch.nn.Module) -> int:
+    import bitsandbytes as bnb
+
+    return sum(isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)) for m in model.modules())
+
+
+def adapter_dir(run_dir: Path) -> Path:
+    return run_dir / "adapter"

@@ -1,0 +1,40 @@
+"""Registry of the data types a base model's linear layers can be stored in.
+
+Plain data, no torch: config validation reads it before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class DTypeSpec:
+    """What one data type is and which backends can store it."""
+
+    bits: int  # code bits per weight (16 / 32 for unquantized)
+    blockwise: bool  # absmax blocks (and double quantization) apply
+    backends: tuple[str, ...]  # where it can run; the first is the default
+    blocksizes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # per-backend limits
+
+
+# transformers' BitsAndBytesConfig has no blocksize: bitsandbytes' Linear4bit quantizes in 64s.
+_BNB_BLOCKS = {"bnb": (64,)}
+
+DTYPES: dict[str, DTypeSpec] = {
+    "nf4": DTypeSpec(4, True, ("bnb", "lab"), _BNB_BLOCKS),
+    "fp4": DTypeSpec(4, True, ("bnb", "lab"), _BNB_BLOCKS),
+    "int4": DTypeSpec(4, True, ("lab",)),
+    "int8": DTypeSpec(8, False, ("bnb",)),
+    "bf16": DTypeSpec(16, False, ("none",)),
+    "fp32": DTypeSpec(32, False, ("none",)),
+}
+
+
+def available_backends() -> list[str]:
+    """Backends this installation can run: `lab` needs the qlora_kernels package."""
+    ready = ["bnb", "none"]
+    if importlib.util.find_spec("qlora_kernels") is not None:
+        ready.append("lab")
+    return ready

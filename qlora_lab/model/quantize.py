@@ -1,0 +1,47 @@
+"""A dtype config -> how transformers loads the base: BitsAndBytesConfig and torch dtype."""
+
+from __future__ import annotations
+
+import torch
+from transformers import BitsAndBytesConfig
+
+from qlora_lab.config import DTypeConfig
+
+TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def load_dtype(cfg: DTypeConfig) -> torch.dtype:
+    """dtype of the weights transformers keeps unquantized (norms, embeddings, head)."""
+    return TORCH_DTYPES[cfg.compute_dtype]
+
+
+def bnb_config(cfg: DTypeConfig) -> BitsAndBytesConfig | None:
+    """bitsandbytes' quantization through transformers: the paper's own path. None: unquantized."""
+    if cfg.backend == "none":
+        return None
+    if cfg.name == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=cfg.name,
+        bnb_4bit_use_double_quant=cfg.double_quant,
+        bnb_4bit_compute_dtype=TORCH_DTYPES[cfg.compute_dtype],
+    )
+
+
+def disable_cpu_weight_repacking(model: torch.nn.Module) -> int:
+    """Keep bitsandbytes' Linear4bit off its AVX512-BF16 inference path on the CPU.
+
+    An eval-mode forward with a no-grad input repacks the 4-bit weight in place for a CPU
+    kernel: it asserts out_features % 32 == 0, and afterwards LoRA gradients are wrong and
+    merged adapters garbage. Evaluation mid-training takes that path, so it is shut for good.
+    Returns how many layers were switched off.
+    """
+    import bitsandbytes as bnb
+
+    count = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+            count += 1
+    return count

@@ -1,0 +1,90 @@
+"""Check a command line's overrides before anything launches, and say what is wrong in one line.
+
+Hydra reports a missing group option or an unknown key in several lines of its own, and in a
+multirun only when it reaches that job. Here every value of every swept axis is composed and
+validated up front (one composition per value, not per grid point), so a sweep with a typo
+fails at once, naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+import dataclasses
+from pathlib import Path
+
+from qlora_lab.config import GROUPS, ConfigError, run_config
+
+_UNKNOWN_KEY = re.compile(r"Could not (?:override|append to|delete from) '([^']+)'|Key '([^']+)' not in")
+
+
+def check_command_line(argv: list[str], conf_dir: Path) -> str | None:
+    """None when every run the command line describes composes into a valid RunConfig."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    args = get_args_parser().parse_args(argv)
+    if args.help or args.hydra_help or args.info or args.shell_completion or args.config_dir or args.config_name:
+        return None  # Hydra's own modes: nothing will run
+    try:
+        parsed = OverridesParser.create().parse_overrides(args.overrides)
+    except HydraException as err:
+        return f"cannot parse the overrides: {str(err).splitlines()[0]}"
+    axes = []
+    for override in parsed:
+        if override.is_sweep_override():
+            try:
+                values = list(override.sweep_string_iterator())
+            except Exception:  # glob/interval sweeps: let Hydra expand them
+                values = []
+            axes.append([f"{override.get_key_element()}={v}" for v in values] or [override.input_line])
+        else:
+            axes.append([override.input_line])
+    base = [axis[0] for axis in axes]
+    candidates = [base] + [base[:i] + [value] + base[i + 1 :] for i, axis in enumerate(axes) for value in axis[1:]]
+    for overrides in candidates:
+        problem = _check_one(overrides, conf_dir)
+        if problem:
+            return problem
+    return None
+
+
+def _check_one(overrides: list[str], conf_dir: Path) -> str | None:
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException, MissingConfigException
+
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides)
+    except MissingConfigException as err:
+        return _missing_option(err, overrides, conf_dir)
+    except HydraException as err:
+        return _composition_problem(err)
+    try:
+        run_config(cfg)
+    except ConfigError as err:
+        return str(err)
+    return None
+
+
+def _missing_option(err, overrides: list[str], conf_dir: Path) -> str:
+    missing = (err.missing_cfg_file or "").rsplit("/", 1)
+    if len(missing) == 2:
+        group, value = missing
+        options = err.options or sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+        return f"{group}={value}: expected one of {', '.join(options)}"
+    return str(err).splitlines()[0]
+
+
+def _composition_problem(err) -> str:
+    text = str(err)
+    match = _UNKNOWN_KEY.search(text)
+    if match:
+        key = match.group(1) or match.group(2)
+        group = key.split(".")[0]
+        cls = GROUPS.get(group)
+        if cls is not None and "." in key:
+            allowed = ", ".join(f.name for f in dataclasses.fields(cls))
+            return f"{key}: unknown key; expected one of {allowed}"
+        return f"{key}: unknown key; expected one of {', '.join(GROUPS)} and their fields"
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())[:400]

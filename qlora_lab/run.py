@@ -1,0 +1,129 @@
+"""One run, top to bottom: data, model, train, evaluate, record.
+
+Whatever happens, the run folder ends with a record: `ok`, or `failed` with the error in one
+line (the traceback beside it in `traceback.txt`), and everything measured up to the failure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import traceback
+from pathlib import Path
+
+from qlora_lab.config import ConfigError, RunConfig, run_config
+from qlora_lab.memory import peak_gpu_mb, peak_rss_mb, reset_peak_gpu, reset_peak_rss
+from qlora_lab.records import Record, environment, run_id, utc_now, write_record
+
+log = logging.getLogger("qlora_lab")
+
+
+def run_task(cfg, run_dir: Path, overrides: list[str]) -> Record:
+    """A composed DictConfig -> a record; a bad config leaves a failed record too."""
+    try:
+        config = run_config(cfg)
+    except ConfigError as err:
+        record = Record(run_id="invalid", error=str(err), overrides=overrides, started_at=utc_now(),
+                        finished_at=utc_now())
+        write_record(run_dir, record)
+        log.error("run %s failed: %s", run_dir, err)
+        return record
+    return run(config, run_dir, overrides)
+
+
+def run(config: RunConfig, run_dir: Path, overrides: list[str]) -> Record:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "traceback.txt").unlink(missing_ok=True)  # a rerun's folder holds only its own failure
+    record = Record(run_id=run_id(config.to_dict()), overrides=overrides, config=config.to_dict(),
+                    started_at=utc_now())
+    start = time.perf_counter()
+    reset_peak_rss()
+    reset_peak_gpu()
+    try:
+        _train_and_evaluate(config, run_dir, record, start)
+        record.status = "ok"
+    except Exception as err:  # the record says what failed; the sweep goes on
+        record.error = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        (run_dir / "traceback.txt").write_text(traceback.format_exc())
+        log.error("run %s failed: %s", run_dir, record.error)
+    finally:
+        _finish_wandb()
+        record.timing["wall_s"] = round(time.perf_counter() - start, 3)
+        record.memory = {"peak_rss_mb": round(peak_rss_mb(), 1), "peak_gpu_mb": peak_gpu_mb()}
+        record.finished_at = utc_now()
+        write_record(run_dir, record)
+    return record
+
+
+def _train_and_evaluate(config: RunConfig, run_dir: Path, record: Record, start: float) -> None:
+    import torch
+
+    from qlora_lab.data.load import load_splits
+    from qlora_lab.data.tokens import encode_pairs
+    from qlora_lab.model.build import adapter_dir, build_model
+
+    record.env = environment("cuda:" + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
+    splits = load_splits(config.dataset)  # bad data fails here, before any model is loaded
+    record.data = {"name": config.dataset.name, "fingerprint": splits.fingerprint,
+                   "n_train": len(splits.train), "n_eval": len(splits.eval)}
+    tc = config.train
+    built = build_model(config.model, config.dtype, config.lora, seed=tc.seed,
+                        gradient_checkpointing=tc.gradient_checkpointing)
+    record.model = vars(built.info).copy()
+    encode = lambda pairs: encode_pairs(pairs, built.tokenizer, tc.source_max_len, tc.target_max_len,
+                                        tc.train_on_source)
+    if tc.max_steps > 0:
+        _train(config, built, encode(splits.train), run_dir, record, start)
+        built.model.save_pretrained(adapter_dir(run_dir))
+    eval_start = time.perf_counter()
+    _evaluate(config, built, encode, splits.eval, run_dir, record)
+    record.timing["eval_s"] = round(time.perf_counter() - eval_start, 3)
+
+
+def _train(config: RunConfig, built, examples: list[dict], run_dir: Path, record: Record, start: float) -> None:
+    from qlora_lab.fit import fit, window_mean
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_PROJECT", "qlora-lab")
+    os.environ["WANDB_DIR"] = str(run_dir)
+    fit_start = time.perf_counter()
+    result = fit(built.model, built.tokenizer, examples, config.train, config.dtype.compute_dtype, run_dir,
+                 run_name=",".join(record.overrides) or "defaults")
+    record.metrics["train_loss_first"] = window_mean(result.step_losses, "first")
+    record.metrics["train_loss_last"] = window_mean(result.step_losses, "last")
+    record.metrics["train_steps"] = len(result.step_losses)
+    record.timing.update(train_s=round(result.train_s, 3), tokens=result.tokens,
+                         tokens_per_s=round(result.tokens / result.train_s, 1),
+                         first_step_s=None if result.first_step_s is None
+                         else round(fit_start - start + result.first_step_s, 3))
+    bad = [i + 1 for i, loss in enumerate(result.step_losses) if not math.isfinite(loss)]
+    if bad:
+        raise FloatingPointError(f"training loss is not finite from step {bad[0]}")
+
+
+def _evaluate(config: RunConfig, built, encode, eval_pairs, run_dir: Path, record: Record) -> None:
+    from qlora_lab.evaluate.loss import heldout_loss
+    from qlora_lab.evaluate.rouge import generate_answers, rouge_l
+
+    ec = config.eval
+    if ec.loss:
+        loss, ppl = heldout_loss(built.model, encode(eval_pairs), built.tokenizer.pad_token_id, ec.batch_size)
+        record.metrics.update(eval_loss=loss, ppl=ppl)
+    rows = generate_answers(built.model, built.tokenizer, eval_pairs[: ec.n_generate], ec.max_new_tokens,
+                            config.train.source_max_len)
+    if rows:
+        with open(run_dir / "generations.jsonl", "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(row) + "\n" for row in rows)
+        record.metrics["rougeL"] = rouge_l(rows)
+
+
+def _finish_wandb() -> None:
+    """Trainer's wandb callback opens a run and leaves it open; the next run must get its own."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()

@@ -1,0 +1,82 @@
+"""A Hydra callback that ends every launch with one line per run, read from the records.
+
+It runs in the launching process for every launcher (in-process or submitit), so the summary
+and the exit status come from what the runs wrote, never from launcher internals.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+
+from qlora_lab.records import RECORD_NAME, Record, read_record
+
+_launch = {"started": None, "failed": []}
+
+
+class SweepSummary(Callback):
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        _launch.update(started=time.time(), failed=[])
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        _launch.update(started=time.time(), failed=[])
+
+    def on_run_end(self, config: Any, **kwargs: Any) -> None:
+        _report([Path(config.hydra.runtime.output_dir)])
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        run_dirs = sorted((p.parent for p in sweep_dir.glob(f"*/{RECORD_NAME}")), key=_job_order)
+        _report(run_dirs)
+
+
+def exit_code() -> int:
+    """1 when a run of the last launch in this process failed (or left no record), else 0."""
+    return 1 if _launch["failed"] else 0
+
+
+def _job_order(path: Path) -> tuple:
+    return (0, int(path.name)) if path.name.isdigit() else (1, path.name)
+
+
+def _report(run_dirs: list[Path]) -> None:
+    started = _launch["started"] or 0.0
+    records = []
+    for run_dir in run_dirs:
+        path = run_dir / RECORD_NAME
+        if not path.exists():
+            records.append((run_dir, None))
+        elif path.stat().st_mtime >= started - 1:  # written by this launch
+            records.append((run_dir, read_record(path)))
+    _launch["failed"] = [str(d) for d, r in records if r is None or r.status != "ok"]
+    for line in summary_lines(records):
+        print(line, flush=True)
+
+
+def _num(value: Any, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def summary_lines(records: list[tuple[Path, Record | None]]) -> list[str]:
+    """A table a person reads and `awk` parses: one row per run, then failures in full."""
+    header = ("run", "status", "loss_first", "loss_last", "eval_loss", "bits/param", "tokens/s", "overrides")
+    rows = [header]
+    for run_dir, rec in records:
+        if rec is None:
+            rows.append((run_dir.name, "missing", "-", "-", "-", "-", "-", "-"))
+            continue
+        m, t = rec.metrics, rec.timing
+        rows.append((run_dir.name, rec.status, _num(m.get("train_loss_first"), 3), _num(m.get("train_loss_last"), 3),
+                     _num(m.get("eval_loss"), 3), _num(rec.model.get("bits_per_param"), 3),
+                     _num(t.get("tokens_per_s"), 0), " ".join(rec.overrides) or "(defaults)"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1] for row in rows]
+    failed = [(d, r) for d, r in records if r is None or r.status != "ok"]
+    for run_dir, rec in failed:
+        lines.append(f"FAILED {run_dir}: {rec.error if rec else 'no record written'}")
+    ok = len(records) - len(failed)
+    lines.append(f"{len(records)} runs: {ok} ok, {len(failed)} failed")
+    return lines
