@@ -17,7 +17,8 @@ class FitResult:
     step_losses: list[float]  # one per optimizer step, from the whole log history (resume-safe)
     train_s: float  # wall time inside Trainer.train
     tokens: int  # non-padding input tokens seen
-    first_step_s: float | None  # train() call to the end of the first step (start-up cost)
+    first_step_s: float | None  # fit() call to the end of the first step
+    process_to_first_step_s: float | None  # this process's start to the end of the first step
 
 
 def training_arguments(cfg: TrainConfig, compute_dtype: str, out_dir: Path, run_name: str):
@@ -74,15 +75,26 @@ def fit(model, tokenizer, examples: list[dict], cfg: TrainConfig, compute_dtype:
     class FirstStep(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if not first_step:
-                first_step.append(time.perf_counter() - start)
+                first_step.extend([time.perf_counter() - start, time.time() - process_start_time()])
 
     trainer = Trainer(model=model, args=args, train_dataset=examples,
                       data_collator=PadCollator(tokenizer.pad_token_id), callbacks=[FirstStep()])
     trainer.train(resume_from_checkpoint=get_last_checkpoint(str(out_dir)))
     train_s = time.perf_counter() - start
+    # accelerate leaves its mixed-precision autocast wrapped around model.forward; evaluation
+    # must see the same model an eval-only run or a reloaded adapter sees.
+    trainer.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry and "step" in entry]
     return FitResult(step_losses=losses, train_s=train_s, tokens=int(trainer.state.num_input_tokens_seen),
-                     first_step_s=first_step[0] if first_step else None)
+                     first_step_s=first_step[0] if first_step else None,
+                     process_to_first_step_s=first_step[1] if first_step else None)
+
+
+def process_start_time() -> float:
+    """Unix time this process started (for start-up cost: imports, compose, load, first step)."""
+    import psutil
+
+    return psutil.Process().create_time()
 
 
 def window_mean(losses: list[float], which: str) -> float | None:

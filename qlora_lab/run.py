@@ -70,8 +70,10 @@ def _train_and_evaluate(config: RunConfig, run_dir: Path, record: Record, start:
     record.data = {"name": config.dataset.name, "fingerprint": splits.fingerprint,
                    "n_train": len(splits.train), "n_eval": len(splits.eval)}
     tc = config.train
+    load_start = time.perf_counter()
     built = build_model(config.model, config.dtype, config.lora, seed=tc.seed,
                         gradient_checkpointing=tc.gradient_checkpointing)
+    record.timing["load_s"] = round(time.perf_counter() - load_start, 3)  # a first-ever build included
     record.model = vars(built.info).copy()
     encode = lambda pairs: encode_pairs(pairs, built.tokenizer, tc.source_max_len, tc.target_max_len,
                                         tc.train_on_source)
@@ -86,19 +88,21 @@ def _train_and_evaluate(config: RunConfig, run_dir: Path, record: Record, start:
 def _train(config: RunConfig, built, examples: list[dict], run_dir: Path, record: Record, start: float) -> None:
     from qlora_lab.fit import fit, window_mean
 
-    os.environ.setdefault("WANDB_MODE", "offline")
-    os.environ.setdefault("WANDB_PROJECT", "qlora-lab")
-    os.environ["WANDB_DIR"] = str(run_dir)
+    run_name = ",".join(record.overrides) or "defaults"
+    if config.train.report_to == "wandb":
+        _start_wandb(run_dir, run_name, record)
     fit_start = time.perf_counter()
     result = fit(built.model, built.tokenizer, examples, config.train, config.dtype.compute_dtype, run_dir,
-                 run_name=",".join(record.overrides) or "defaults")
+                 run_name=run_name)
     record.metrics["train_loss_first"] = window_mean(result.step_losses, "first")
     record.metrics["train_loss_last"] = window_mean(result.step_losses, "last")
     record.metrics["train_steps"] = len(result.step_losses)
     record.timing.update(train_s=round(result.train_s, 3), tokens=result.tokens,
                          tokens_per_s=round(result.tokens / result.train_s, 1),
                          first_step_s=None if result.first_step_s is None
-                         else round(fit_start - start + result.first_step_s, 3))
+                         else round(fit_start - start + result.first_step_s, 3),
+                         process_to_first_step_s=None if result.process_to_first_step_s is None
+                         else round(result.process_to_first_step_s, 3))
     bad = [i + 1 for i, loss in enumerate(result.step_losses) if not math.isfinite(loss)]
     if bad:
         raise FloatingPointError(f"training loss is not finite from step {bad[0]}")
@@ -108,16 +112,33 @@ def _evaluate(config: RunConfig, built, encode, eval_pairs, run_dir: Path, recor
     from qlora_lab.evaluate.loss import heldout_loss
     from qlora_lab.evaluate.rouge import generate_answers, rouge_l
 
+    from qlora_lab.model.quantize import compute_autocast
+
     ec = config.eval
-    if ec.loss:
-        loss, ppl = heldout_loss(built.model, encode(eval_pairs), built.tokenizer.pad_token_id, ec.batch_size)
-        record.metrics.update(eval_loss=loss, ppl=ppl)
-    rows = generate_answers(built.model, built.tokenizer, eval_pairs[: ec.n_generate], ec.max_new_tokens,
-                            config.train.source_max_len)
+    device = next(built.model.parameters()).device.type
+    with compute_autocast(config.dtype.compute_dtype, device):
+        if ec.loss:
+            loss, ppl = heldout_loss(built.model, encode(eval_pairs), built.tokenizer.pad_token_id, ec.batch_size)
+            record.metrics.update(eval_loss=loss, ppl=ppl)
+        rows = generate_answers(built.model, built.tokenizer, eval_pairs[: ec.n_generate], ec.max_new_tokens,
+                                config.train.source_max_len)
     if rows:
         with open(run_dir / "generations.jsonl", "w", encoding="utf-8") as handle:
             handle.writelines(json.dumps(row) + "\n" for row in rows)
         record.metrics["rougeL"] = rouge_l(rows)
+
+
+def _start_wandb(run_dir: Path, run_name: str, record: Record) -> None:
+    """One wandb run per run folder, offline unless WANDB_MODE says otherwise.
+
+    Opened here rather than by the Trainer's callback: wandb reads WANDB_DIR once per process,
+    so in an in-process sweep every later run would log into the first run's folder.
+    """
+    import wandb
+
+    wandb.init(dir=str(run_dir), project=os.environ.get("WANDB_PROJECT", "qlora-lab"), name=run_name,
+               config={**record.config, "run_id": record.run_id}, mode=os.environ.get("WANDB_MODE", "offline"),
+               reinit="finish_previous")
 
 
 def _finish_wandb() -> None:

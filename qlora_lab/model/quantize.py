@@ -15,6 +15,15 @@ def load_dtype(cfg: DTypeConfig) -> torch.dtype:
     return TORCH_DTYPES[cfg.compute_dtype]
 
 
+def compute_autocast(compute_dtype: str, device_type: str = "cpu"):
+    """The precision evaluation runs in, the same for trained, eval-only and reloaded models."""
+    import contextlib
+
+    if compute_dtype == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=TORCH_DTYPES[compute_dtype])
+
+
 def bnb_config(cfg: DTypeConfig) -> BitsAndBytesConfig | None:
     """bitsandbytes' quantization through transformers: the paper's own path. None: unquantized."""
     if cfg.backend == "none":

@@ -1,0 +1,57 @@
+"""Shared test helpers: the real CLI in a subprocess, offline, and small built bases."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
+
+# Never the network: wandb offline, the hub unreachable on purpose.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -m qlora_lab.train ARGS` as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "qlora_lab.train", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=os.environ.copy())
+
+
+def records_under(sweep_dir: Path) -> dict[str, dict]:
+    """job folder name -> its record.json, parsed."""
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/record.json"))}
+
+
+@pytest.fixture(scope="session")
+def demo_sweep(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """The issue's 4-run multirun of `tiny`: nf4/fp4 x LoRA on all/qv, 30 steps each.
+
+    The tiny base is built first (once per machine, cached), so the runs time only themselves.
+    """
+    tiny_base_dir()
+    out = tmp_path_factory.mktemp("demo")
+    sweep_dir = out / "sweep"
+    proc = run_cli("-m", "dtype=nf4,fp4", "lora.targets=all,qv", "train.max_steps=30",
+                   f"hydra.sweep.dir={sweep_dir}", cwd=out)
+    return proc, sweep_dir
+
+
+def tiny_base_dir() -> Path:
+    """The default `tiny` base, built (a few minutes, once per machine) or read from the cache."""
+    from hydra import compose, initialize_config_dir
+
+    from qlora_lab.config import run_config
+    from qlora_lab.model.tiny import built_model_dir
+    from qlora_lab.train import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        config = run_config(compose(config_name="config"))
+    return built_model_dir(config.model)

@@ -1,0 +1,102 @@
+"""Rows -> (source, target) pairs: exact text, seeded split, and bad data named precisely."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import FIXTURES
+from qlora_lab.config import DatasetConfig
+from qlora_lab.data.formats import stdlib_pair
+from qlora_lab.data.load import DataError, load_splits
+from qlora_lab.data.stdlib import instruction_rows, module_part, stdlib_files
+
+ALPACA = FIXTURES / "alpaca_small.jsonl"
+
+
+def alpaca(path, **kw) -> DatasetConfig:
+    return DatasetConfig(name="alpaca", format="alpaca", path=str(path), n_eval=kw.pop("n_eval", 8), **kw)
+
+
+def test_alpaca_pairs_are_the_papers_prompt_exactly():
+    splits = load_splits(alpaca(ALPACA, n_eval=1))
+    pairs = dict(splits.train + splits.eval)
+    with_input = ("Below is an instruction that describes a task, paired with an input that provides further "
+                  "context. Write a response that appropriately completes the request.\n\n### Instruction:\n"
+                  "Add the two numbers.\n\n### Input:\n43 and 21\n\n### Response: ")
+    no_input = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
+                "request.\n\n### Instruction:\nSpell the word 'river' backwards.\n\n### Response: ")
+    assert pairs[with_input] == "43 + 21 = 64"
+    assert pairs[no_input] == "revir"
+    assert len(pairs) == len(ALPACA.read_text().splitlines())
+
+
+def test_split_is_seeded_and_disjoint():
+    a, b = load_splits(alpaca(ALPACA, split_seed=42)), load_splits(alpaca(ALPACA, split_seed=42))
+    c = load_splits(alpaca(ALPACA, split_seed=7))
+    assert a.eval == b.eval and a.train == b.train
+    assert a.eval != c.eval
+    assert not set(a.eval) & set(a.train)
+    assert a.fingerprint == c.fingerprint and a.fingerprint.startswith("sha256:")
+
+
+def test_caps_apply_after_the_split():
+    splits = load_splits(alpaca(ALPACA, max_train_samples=5, max_eval_samples=3))
+    assert (len(splits.train), len(splits.eval)) == (5, 3)
+
+
+def test_malformed_jsonl_line_names_file_and_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    lines = ALPACA.read_text().splitlines()
+    lines[6] = '{"instruction": "broken", "output": '
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=rf"^{bad}:7: not valid JSON"):
+        load_splits(alpaca(bad))
+
+
+def test_row_missing_a_field_names_the_expected_fields(tmp_path):
+    bad = tmp_path / "missing.jsonl"
+    bad.write_text(json.dumps({"instruction": "x", "input": ""}) + "\n")
+    with pytest.raises(DataError, match=r"row 1 lacks output; expected fields: instruction, output, input \(optional\)"):
+        load_splits(alpaca(bad))
+
+
+def test_empty_dataset_is_an_error_not_a_zero_step_run(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(DataError, match="holds no rows"):
+        load_splits(alpaca(empty))
+
+
+def test_eval_split_larger_than_the_data_is_refused():
+    with pytest.raises(DataError, match=r"dataset.n_eval=100 leaves no training rows: dataset=alpaca has 48"):
+        load_splits(alpaca(ALPACA, n_eval=100))
+
+
+def test_stdlib_pairs_are_real_functions_from_the_finetune_half():
+    rows = instruction_rows()
+    assert len(rows) > 1000
+    assert all(module_part_of(r["module"]) == "finetune" for r in rows[:200])
+    source, target = stdlib_pair(rows[0])
+    assert source.startswith(f"Complete this function from the Python standard library module `{rows[0]['module']}`.")
+    assert '"""' in source or "'''" in source or "'" in source
+    assert target.strip() and not target.startswith("def ")
+
+
+def test_stdlib_halves_are_disjoint_and_both_large():
+    parts = [module_part(p) for p in stdlib_files()]
+    assert parts.count("pretrain") > 100 and parts.count("finetune") > 100
+
+
+def module_part_of(module: str) -> str:
+    from qlora_lab.data.stdlib import stdlib_root
+
+    path = stdlib_root() / (module.replace(".", "/") + ".py")
+    return module_part(path)
+
+
+def test_stdlib_dataset_splits_deterministically():
+    cfg = DatasetConfig()
+    a, b = load_splits(cfg), load_splits(cfg)
+    assert a.eval == b.eval and a.fingerprint == b.fingerprint and len(a.eval) == cfg.n_eval

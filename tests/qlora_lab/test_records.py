@@ -1,0 +1,48 @@
+"""The record: stable run ids, atomic writes, and refusal of an unknown schema."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from qlora_lab.records import SCHEMA, Record, RecordError, read_record, run_id, write_record
+
+
+def test_run_id_is_stable_and_tells_configs_apart():
+    a = {"lora": {"r": 8, "targets": "all"}, "dtype": {"name": "nf4"}}
+    b = {"dtype": {"name": "nf4"}, "lora": {"targets": "all", "r": 8}}  # same config, other key order
+    assert run_id(a) == run_id(b)
+    assert run_id(a) != run_id({**a, "lora": {"r": 16, "targets": "all"}})
+
+
+def test_write_then_read_round_trip(tmp_path):
+    record = Record(run_id="abc", status="ok", metrics={"eval_loss": 1.5}, overrides=["dtype=nf4"])
+    path = write_record(tmp_path, record)
+    assert read_record(path) == record
+    assert json.loads(path.read_text())["schema"] == SCHEMA
+    assert not [p for p in tmp_path.iterdir() if p.name != "record.json"]  # no temp file left
+
+
+def test_concurrent_writers_never_leave_half_a_record(tmp_path):
+    big = {"blob": "x" * 200_000}
+
+    def write(i):
+        for _ in range(20):
+            write_record(tmp_path, Record(run_id=str(i), config=big))
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for _ in range(50):
+        if (tmp_path / "record.json").exists():
+            assert read_record(tmp_path / "record.json").config == big  # parses whole every time
+    for t in threads:
+        t.join()
+
+
+def test_unknown_schema_is_refused_with_a_clear_message(tmp_path):
+    (tmp_path / "record.json").write_text(json.dumps({"schema": 99, "run_id": "x"}))
+    with pytest.raises(RecordError, match="record schema 99 is not 1"):
+        read_record(tmp_path / "record.json")

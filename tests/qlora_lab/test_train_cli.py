@@ -1,0 +1,154 @@
+"""The run end to end through the real command line: real 4-bit training, real records."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+
+from conftest import FIXTURES, records_under, run_cli
+
+RECORD_FIELDS = ["status", "error", "run_id", "overrides", "metrics.train_loss_first", "metrics.train_loss_last",
+                 "metrics.eval_loss", "metrics.ppl", "metrics.rougeL", "model.n_params", "model.n_trainable",
+                 "model.bits_per_param", "data.fingerprint", "timing.tokens_per_s", "timing.wall_s",
+                 "memory.peak_rss_mb"]
+
+
+def field(record: dict, dotted: str):
+    node = record
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def tiny_nf4_dq_bits() -> float:
+    """The tiny Llama's quantized layers (4 x [4 attn 256x256, 3 mlp 256x704]) by the paper's sums."""
+    sizes = [256 * 256] * 4 + [256 * 704] * 3
+    bits = sum(4 * n + 8 * math.ceil(n / 64) + 32 * math.ceil(math.ceil(n / 64) / 256) + 32 for n in sizes)
+    return bits / sum(sizes)
+
+
+def test_demo_sweep_runs_four_ok_records(demo_sweep):
+    proc, sweep_dir = demo_sweep
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = records_under(sweep_dir)
+    assert len(records) == 4 and all(r["status"] == "ok" for r in records.values())
+    for record in records.values():
+        for name in RECORD_FIELDS:
+            field(record, name)  # every interface field is present
+        assert record["error"] is None and record["schema"] == 1
+        assert record["timing"]["wall_s"] < 60
+    by_overrides = {" ".join(r["overrides"]): r for r in records.values()}
+    assert set(by_overrides) == {f"dtype={d} lora.targets={t} train.max_steps=30" for d in ("nf4", "fp4")
+                                 for t in ("all", "qv")}
+
+
+def test_training_loss_falls_within_30_steps(demo_sweep):
+    for record in records_under(demo_sweep[1]).values():
+        metrics = record["metrics"]
+        assert metrics["train_steps"] == 30
+        assert metrics["train_loss_last"] < metrics["train_loss_first"] - 0.1, record["overrides"]
+
+
+def test_record_reports_real_quantization_and_adapter_sizes(demo_sweep):
+    records = {" ".join(r["overrides"]): r for r in records_under(demo_sweep[1]).values()}
+    nf4_all = records["dtype=nf4 lora.targets=all train.max_steps=30"]
+    nf4_qv = records["dtype=nf4 lora.targets=qv train.max_steps=30"]
+    assert nf4_all["model"]["bits_per_param"] == pytest.approx(tiny_nf4_dq_bits(), abs=1e-6)
+    assert nf4_all["model"]["n_params"] == nf4_qv["model"]["n_params"]
+    # r=64 adapters: all = 4 layers x (4 x (256+256) + 3 x (256+704)) x 64; qv = 4 x 2 x 512 x 64
+    assert nf4_all["model"]["n_trainable"] == 4 * (4 * 512 + 3 * 960) * 64
+    assert nf4_qv["model"]["n_trainable"] == 4 * 2 * 512 * 64
+    assert nf4_all["run_id"] != nf4_qv["run_id"]
+    assert nf4_all["data"]["fingerprint"] == nf4_qv["data"]["fingerprint"]
+
+
+def test_summary_prints_one_line_per_run(demo_sweep):
+    proc, _ = demo_sweep
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1] == "4 runs: 4 ok, 0 failed"
+    header = next(i for i, line in enumerate(lines) if line.startswith("run  status"))
+    rows = lines[header + 1 : header + 5]
+    assert [row.split()[0] for row in rows] == ["0", "1", "2", "3"]
+    assert all(row.split()[1] == "ok" and "dtype=" in row for row in rows)
+
+
+def test_each_run_leaves_generations_adapter_and_offline_wandb(demo_sweep):
+    for run_dir in (demo_sweep[1] / str(i) for i in range(4)):
+        rows = [json.loads(line) for line in (run_dir / "generations.jsonl").read_text().splitlines()]
+        assert len(rows) == 4 and all({"id", "prompt", "reference", "generation"} <= row.keys() for row in rows)
+        assert (run_dir / "adapter" / "adapter_config.json").exists()
+        assert list((run_dir / "wandb").glob("offline-run-*"))
+
+
+def test_same_config_and_seed_give_identical_numbers(demo_sweep, tmp_path):
+    proc = run_cli("dtype=nf4", "lora.targets=all", "train.max_steps=30", f"hydra.run.dir={tmp_path / 'again'}",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    again = json.loads((tmp_path / "again" / "record.json").read_text())
+    first = next(r for r in records_under(demo_sweep[1]).values()
+                 if r["overrides"][:2] == ["dtype=nf4", "lora.targets=all"])
+    assert again["run_id"] == first["run_id"]
+    for key in ("train_loss_first", "train_loss_last", "eval_loss", "ppl", "rougeL"):
+        assert again["metrics"][key] == first["metrics"][key], key
+
+
+def test_saved_adapter_reloads_onto_a_fresh_base_with_the_same_eval_loss(demo_sweep):
+    from qlora_lab.config import run_config
+    from qlora_lab.data.load import load_splits
+    from qlora_lab.data.tokens import encode_pairs
+    from qlora_lab.evaluate.loss import heldout_loss
+    from qlora_lab.model.build import load_with_adapter
+    from qlora_lab.model.quantize import compute_autocast
+
+    run_dir = demo_sweep[1] / "0"
+    record = json.loads((run_dir / "record.json").read_text())
+    config = run_config(record["config"])
+    built = load_with_adapter(config.model, config.dtype, run_dir / "adapter")
+    tc = config.train
+    examples = encode_pairs(load_splits(config.dataset).eval, built.tokenizer, tc.source_max_len,
+                            tc.target_max_len, tc.train_on_source)
+    with compute_autocast(config.dtype.compute_dtype):
+        loss, _ = heldout_loss(built.model, examples, built.tokenizer.pad_token_id, config.eval.batch_size)
+    assert loss == pytest.approx(record["metrics"]["eval_loss"], rel=1e-6)
+
+
+def test_a_failed_run_leaves_a_failed_record_and_the_sweep_goes_on(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    lines = (FIXTURES / "alpaca_small.jsonl").read_text().splitlines()
+    bad.write_text("\n".join(lines[:10] + ["{not json"] + lines[10:]) + "\n")
+    good = tmp_path / "good.jsonl"
+    shutil.copy(FIXTURES / "alpaca_small.jsonl", good)
+    proc = run_cli("-m", "dataset=alpaca", f"dataset.path={bad},{good}", "dataset.n_eval=8", "train.max_steps=3",
+                   "eval.n_generate=1", "train.report_to=none", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert proc.returncode == 1
+    records = records_under(tmp_path / "sweep")
+    assert records["0"]["status"] == "failed"
+    assert records["0"]["error"] == f"DataError: {bad}:11: not valid JSON (Expecting property name enclosed in double quotes)"
+    assert (tmp_path / "sweep" / "0" / "traceback.txt").exists()
+    assert records["1"]["status"] == "ok" and records["1"]["metrics"]["train_steps"] == 3
+    assert f"FAILED {tmp_path / 'sweep' / '0'}: DataError" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == "2 runs: 1 ok, 1 failed"
+
+
+def test_local_launcher_runs_the_grid_in_parallel_processes(tmp_path):
+    proc = run_cli("-m", "dtype=nf4,bf16", "lora.r=8,64", "hydra/launcher=local", "train.max_steps=3",
+                   "eval.n_generate=0", "train.report_to=none", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = records_under(tmp_path / "sweep")
+    assert len(records) == 4 and all(r["status"] == "ok" for r in records.values())
+    bits = sorted(r["model"]["bits_per_param"] for r in records.values())
+    assert bits[:2] == [pytest.approx(tiny_nf4_dq_bits(), abs=1e-6)] * 2 and bits[2:] == [16.0, 16.0]
+    assert len({r["env"]["git_sha"] for r in records.values()}) == 1
+    assert list((tmp_path / "sweep" / ".submitit").iterdir())  # it really went through submitit
+
+
+def test_eval_only_run_measures_the_quantized_base(tmp_path):
+    proc = run_cli("train.max_steps=0", "dtype=fp4", "eval.n_generate=1", f"hydra.run.dir={tmp_path / 'ptq'}",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((tmp_path / "ptq" / "record.json").read_text())
+    assert record["status"] == "ok" and record["metrics"]["eval_loss"] > 0
+    assert "train_loss_first" not in record["metrics"] and not (tmp_path / "ptq" / "adapter").exists()
