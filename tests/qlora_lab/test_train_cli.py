@@ -152,3 +152,16 @@ def test_eval_only_run_measures_the_quantized_base(tmp_path):
     record = json.loads((tmp_path / "ptq" / "record.json").read_text())
     assert record["status"] == "ok" and record["metrics"]["eval_loss"] > 0
     assert "train_loss_first" not in record["metrics"] and not (tmp_path / "ptq" / "adapter").exists()
+
+
+def test_int8_and_fp32_bases_train_and_report_their_storage(tmp_path):
+    proc = run_cli("-m", "dtype=int8,fp32", "train.max_steps=3", "eval.n_generate=0", "train.report_to=none",
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = records_under(tmp_path / "sweep")
+    assert all(r["status"] == "ok" and r["metrics"]["train_steps"] == 3 for r in records.values())
+    # LLM.int8(): int8 codes + one float32 scale per output row (in_features weights each).
+    layers = [(256, 256)] * 4 + [(256, 704), (256, 704), (704, 256)]  # (in, out): q k v o, gate up, down
+    int8_bits = sum(i * o * 8 + o * 32 for i, o in layers) / sum(i * o for i, o in layers)
+    assert records["0"]["model"]["bits_per_param"] == pytest.approx(int8_bits, abs=1e-6)
+    assert records["1"]["model"]["bits_per_param"] == 32.0
