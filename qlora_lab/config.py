@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from qlora_lab.model.dtypes import DTYPES, available_backends
+from qlora_lab.model.dtypes import CUSTOM, DTYPES, available_backends
 from qlora_lab.model.targets import TARGET_GROUPS, target_names
 
 
@@ -145,10 +145,15 @@ class DTypeConfig:
     double_quant: Optional[bool] = True  # quantize the block constants too (the paper's DQ)
     blocksize: Optional[int] = 64  # weights per absmax block
     compute_dtype: str = "bf16"  # dtype of the matmuls and of unquantized weights
+    codebook: Optional[dict] = None  # backend lab: a codebook spec of your own ({kind: normal_float, bits: 3})
 
     def validate(self) -> None:
-        _choice("dtype", self.name, sorted(DTYPES))
-        spec = DTYPES[self.name]
+        if self.codebook is not None:
+            self._validate_codebook()
+            spec = CUSTOM
+        else:
+            _choice("dtype", self.name, sorted(DTYPES))
+            spec = DTYPES[self.name]
         _choice("dtype.backend", self.backend, spec.backends)
         ready = available_backends()
         if self.backend not in ready:
@@ -170,6 +175,16 @@ class DTypeConfig:
         if allowed_blocks is not None and self.blocksize not in allowed_blocks:
             raise ConfigError("dtype.blocksize", self.blocksize,
                               f"backend {self.backend} supports {', '.join(map(str, allowed_blocks))}")
+
+    def _validate_codebook(self) -> None:
+        if self.backend != "lab":
+            raise ConfigError("dtype.backend", self.backend, "a dtype.codebook needs backend lab")
+        try:
+            from qlora_kernels import codebook_from_spec
+
+            codebook_from_spec(self.name, self.codebook)
+        except (ValueError, TypeError) as err:
+            raise ConfigError("dtype.codebook", self.codebook, str(err).splitlines()[0]) from None
 
 
 @dataclass

@@ -42,11 +42,18 @@ def linear_weight_bits(module: torch.nn.Linear) -> tuple[int, int]:
 
 
 def base_linear_bits(model: torch.nn.Module, skip: set[int]) -> StoredBits:
-    """Over every linear layer of the base (LoRA's own layers and ids in `skip` left out)."""
+    """Over every linear layer of the base (LoRA's own layers and ids in `skip` left out);
+    qlora_kernels' QuantLinear reports its own state."""
     total = StoredBits(0, 0)
     for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear) or id(module) in skip or ".lora_" in f".{name}":
+        if id(module) in skip or ".lora_" in f".{name}":
             continue
-        n, bits = linear_weight_bits(module)
+        if callable(getattr(module, "quant_state", None)):
+            state = module.quant_state()
+            n, bits = state.numel, state.stored_bits
+        elif isinstance(module, torch.nn.Linear):
+            n, bits = linear_weight_bits(module)
+        else:
+            continue
         total = StoredBits(total.n_weights + n, total.n_bits + bits)
     return total

@@ -55,11 +55,18 @@ def load_tokenizer(path: str):
 
 
 def load_base(path: str, dtype: DTypeConfig) -> torch.nn.Module:
+    """The base in the dtype group's storage: bitsandbytes through transformers, our own
+    codecs (backend lab: layers swapped after a 16-bit load), or unquantized."""
     from transformers import AutoModelForCausalLM
 
     device_map = "auto" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(path, quantization_config=bnb_config(dtype),
                                                  dtype=load_dtype(dtype), device_map=device_map)
+    if dtype.backend == "lab":
+        from qlora_lab.model.lab_backend import quantize_linears
+
+        head = model.get_output_embeddings()
+        quantize_linears(model, dtype, skip={id(head)} if head is not None else set())
     disable_cpu_weight_repacking(model)
     return model
 
@@ -81,6 +88,10 @@ def build_model(model_cfg: ModelConfig, dtype: DTypeConfig, lora: LoraConfig, se
     adapters = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                               target_modules=target_names(model_cfg.family, lora.targets),
                               bias="none", task_type="CAUSAL_LM")
+    if dtype.backend == "lab":
+        from qlora_lab.model.lab_backend import register_with_peft
+
+        register_with_peft(adapters)
     model = get_peft_model(base, adapters)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     info = ModelInfo(name=model_cfg.name, path=path, n_params=n_params, n_trainable=n_trainable,
@@ -93,6 +104,10 @@ def prepare_base(base: torch.nn.Module, dtype: DTypeConfig, gradient_checkpointi
     """peft's k-bit preparation (norms in fp32, input grads on), as the paper's code did."""
     if dtype.backend == "none":
         return base
+    if dtype.backend == "lab":
+        from qlora_lab.model.lab_backend import prepare_lab_base
+
+        return prepare_lab_base(base, gradient_checkpointing)
     from peft import prepare_model_for_kbit_training
 
     return prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing,
@@ -105,24 +120,38 @@ def load_with_adapter(model_cfg: ModelConfig, dtype: DTypeConfig, adapter: Path)
 
     path = model_path(model_cfg)
     base = prepare_base(load_base(path, dtype), dtype, gradient_checkpointing=False)
-    model = PeftModel.from_pretrained(base, str(adapter))
+    if dtype.backend == "lab":
+        from peft import PeftConfig
+
+        from qlora_lab.model.lab_backend import register_with_peft
+
+        saved = PeftConfig.from_pretrained(str(adapter))
+        register_with_peft(saved)
+        model = PeftModel.from_pretrained(base, str(adapter), config=saved)
+    else:
+        model = PeftModel.from_pretrained(base, str(adapter))
     info = ModelInfo(name=model_cfg.name, path=path, n_params=_logical_params(base), n_trainable=0,
                      bits_per_param=float("nan"), quantized_layers=_quantized_layers(base))
     return BuiltModel(model=model, tokenizer=load_tokenizer(path), info=info)
 
 
 def _logical_params(model: torch.nn.Module) -> int:
+    """Parameters, a 4-bit weight counting once; a QuantLinear's weight lives in buffers."""
     total = 0
     for param in model.parameters():
         state = getattr(param, "quant_state", None)
         total += torch.Size(state.shape).numel() if state is not None else param.numel()
-    return total
+    return total + sum(m.in_features * m.out_features for m in model.modules() if _is_lab_linear(m))
+
+
+def _is_lab_linear(module: torch.nn.Module) -> bool:
+    return callable(getattr(module, "quant_state", None))
 
 
 def _quantized_layers(model: torch.nn.Module) -> int:
     import bitsandbytes as bnb
 
-    return sum(isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)) for m in model.modules())
+    return sum(isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)) or _is_lab_linear(m) for m in model.modules())
 
 
 def adapter_dir(run_dir: Path) -> Path:

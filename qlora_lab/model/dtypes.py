@@ -19,13 +19,22 @@ class DTypeSpec:
     blocksizes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # per-backend limits
 
 
+# A data type of the user's own: `dtype.codebook` holds its spec (see qlora_kernels.codebooks).
+CUSTOM = DTypeSpec(0, True, ("lab",), {"lab": tuple(2**i for i in range(5, 13))})
+
+
 # transformers' BitsAndBytesConfig has no blocksize: bitsandbytes' Linear4bit quantizes in 64s.
-_BNB_BLOCKS = {"bnb": (64,)}
+# qlora_kernels takes any power of two from 32 to 4096.
+_LAB_BLOCKS = tuple(2**i for i in range(5, 13))
+_BLOCKS = {"bnb": (64,), "lab": _LAB_BLOCKS}
 
 DTYPES: dict[str, DTypeSpec] = {
-    "nf4": DTypeSpec(4, True, ("bnb", "lab"), _BNB_BLOCKS),
-    "fp4": DTypeSpec(4, True, ("bnb", "lab"), _BNB_BLOCKS),
-    "int4": DTypeSpec(4, True, ("lab",)),
+    "nf4": DTypeSpec(4, True, ("bnb", "lab"), _BLOCKS),
+    "fp4": DTypeSpec(4, True, ("bnb", "lab"), _BLOCKS),
+    "int4": DTypeSpec(4, True, ("lab",), _BLOCKS),
+    "nf3": DTypeSpec(3, True, ("lab",), _BLOCKS),
+    "nf2": DTypeSpec(2, True, ("lab",), _BLOCKS),
+    "fp4_e3m0": DTypeSpec(4, True, ("lab",), _BLOCKS),
     "int8": DTypeSpec(8, False, ("bnb",)),
     "bf16": DTypeSpec(16, False, ("none",)),
     "fp32": DTypeSpec(32, False, ("none",)),

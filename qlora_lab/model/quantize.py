@@ -25,8 +25,9 @@ def compute_autocast(compute_dtype: str, device_type: str = "cpu"):
 
 
 def bnb_config(cfg: DTypeConfig) -> BitsAndBytesConfig | None:
-    """bitsandbytes' quantization through transformers: the paper's own path. None: unquantized."""
-    if cfg.backend == "none":
+    """bitsandbytes' quantization through transformers: the paper's own path. None for the other
+    backends (unquantized, or quantized by qlora_kernels after a 16-bit load)."""
+    if cfg.backend != "bnb":
         return None
     if cfg.name == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)

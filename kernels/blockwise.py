@@ -1,0 +1,133 @@
+"""Blockwise absmax quantization of any float tensor with any codebook, in plain PyTorch.
+
+Each block of `blocksize` weights keeps its absmax; every weight becomes the code of the
+nearest codebook value to weight / absmax. The float steps are bitsandbytes' own (scale by
+the reciprocal in full blocks, divide in the tail, clamp, nearest by midpoints), so NF4
+packs to the same bytes and dequantizes to the same values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from qlora_kernels import packing
+from qlora_kernels.codebooks import Codebook, codebook, nearest_codes
+from qlora_kernels.double_quant import NestedState, dequantize_absmax, quantize_absmax
+
+MIN_BLOCKSIZE, MAX_BLOCKSIZE = 32, 4096
+
+
+@dataclass(frozen=True)
+class QuantState:
+    """A quantized tensor: packed codes + block constants + what is needed to undo it."""
+
+    packed: torch.Tensor  # uint8, bitsandbytes' layout for 4 bits (first code in the high nibble)
+    absmax: torch.Tensor | None  # float32 per block (None under double quantization)
+    nested: NestedState | None  # the quantized absmax under double quantization
+    shape: torch.Size
+    dtype: torch.dtype
+    blocksize: int
+    codebook: Codebook = field(repr=False)
+
+    @property
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    @property
+    def stored_bits(self) -> int:
+        """Codes (a short last byte counts whole) + block constants (+ their constants)."""
+        constants = self.nested.stored_bits if self.nested is not None else self.absmax.numel() * 32
+        return self.packed.numel() * 8 + constants
+
+    @property
+    def bits_per_param(self) -> float:
+        return self.stored_bits / self.numel
+
+    def block_absmax(self) -> torch.Tensor:
+        return dequantize_absmax(self.nested) if self.nested is not None else self.absmax
+
+    def to_dict(self) -> dict:
+        """Tensors and plain values only: what a state_dict can hold."""
+        out = {"packed": self.packed, "shape": torch.tensor(list(self.shape)), "blocksize": self.blocksize,
+               "dtype": str(self.dtype).removeprefix("torch."), "codebook": self.codebook.name,
+               "codebook_values": self.codebook.tensor()}
+        if self.nested is None:
+            out["absmax"] = self.absmax
+        else:
+            out.update(nested_codes=self.nested.codes, nested_absmax=self.nested.absmax,
+                       nested_offset=torch.tensor(self.nested.offset, dtype=torch.float32),
+                       nested_code=self.nested.code)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> QuantState:
+        book = Codebook(data["codebook"], tuple(data["codebook_values"].tolist()))
+        nested = None
+        if "nested_codes" in data:
+            nested = NestedState(codes=data["nested_codes"], absmax=data["nested_absmax"],
+                                 offset=float(data["nested_offset"]), code=data["nested_code"])
+        return cls(packed=data["packed"], absmax=data.get("absmax"), nested=nested,
+                   shape=torch.Size(data["shape"].tolist()), dtype=getattr(torch, data["dtype"]),
+                   blocksize=int(data["blocksize"]), codebook=book)
+
+
+def check_blocksize(blocksize: int) -> None:
+    if not isinstance(blocksize, int) or isinstance(blocksize, bool):
+        raise TypeError(f"blocksize must be an int, not {type(blocksize).__name__}")
+    if blocksize < MIN_BLOCKSIZE or blocksize > MAX_BLOCKSIZE or blocksize & (blocksize - 1):
+        raise ValueError(f"blocksize {blocksize} must be a power of two from {MIN_BLOCKSIZE} to {MAX_BLOCKSIZE}")
+
+
+def quantize(weight: torch.Tensor, book: str | Codebook, blocksize: int = 64, double_quant: bool = False) -> QuantState:
+    """Any float tensor -> QuantState; `dequantize` gives back its shape and dtype."""
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a torch.Tensor, not {type(weight).__name__}")
+    if not weight.is_floating_point():
+        raise TypeError(f"weight must be floating point, not {weight.dtype}")
+    check_blocksize(blocksize)
+    book = codebook(book)
+    flat = weight.reshape(-1).float()
+    n = flat.numel()
+    full = n - n % blocksize
+    blocks = flat[:full].view(-1, blocksize)
+    absmax = blocks.abs().max(dim=-1).values
+    scaled = torch.clamp(blocks * (1.0 / absmax.clamp(min=1e-38).view(-1, 1)), -1, 1).reshape(-1)
+    if full < n:
+        tail_max = flat[full:].abs().max().clamp(min=1e-38)
+        absmax = torch.cat([absmax, tail_max.unsqueeze(0)])
+        scaled = torch.cat([scaled, torch.clamp(flat[full:] / tail_max, -1, 1)])
+    codes = nearest_codes(scaled, book)
+    packed = packing.pack(codes, book.bits, pad_code=book.zero_code)
+    nested = quantize_absmax(absmax) if double_quant else None
+    return QuantState(packed=packed, absmax=None if double_quant else absmax, nested=nested, shape=weight.shape,
+                      dtype=weight.dtype, blocksize=blocksize, codebook=book)
+
+
+def dequantize(state: QuantState, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The weights back: codebook value x block absmax, in float32, then `dtype` (default: the
+    quantized tensor's own)."""
+    n, bs = state.numel, state.blocksize
+    values = _code_values(state)
+    absmax = state.block_absmax().float()
+    full = n - n % bs
+    out = torch.empty(n, dtype=torch.float32, device=values.device)
+    out[:full] = (values[:full].view(-1, bs) * absmax[: full // bs].view(-1, 1)).reshape(-1)
+    if full < n:
+        out[full:] = values[full:n] * absmax[full // bs]
+    return out.view(state.shape).to(dtype or state.dtype)
+
+
+def _code_values(state: QuantState) -> torch.Tensor:
+    """Codebook value of every code. For 4 bits a byte indexes a table of value pairs: one
+    gather per byte instead of two shifts, two gathers and an interleave."""
+    table = state.codebook.tensor(state.packed.device)
+    if state.codebook.bits == 4:
+        return _pair_table(table)[state.packed.reshape(-1).to(torch.int64)].reshape(-1)
+    return table[packing.unpack(state.packed, state.codebook.bits, state.numel)]
+
+
+def _pair_table(table: torch.Tensor) -> torch.Tensor:
+    byte = torch.arange(256, device=table.device)
+    return torch.stack([table[byte >> 4], table[byte & 0xF]], dim=1)

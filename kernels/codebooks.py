@@ -1,0 +1,135 @@
+"""Codebooks: the 2^k values a k-bit code can stand for, in code order, within [-1, 1].
+
+A shipped codebook is a line of spec in CODEBOOK_SPECS, and so is a new one: kinds are
+`normal_float` (the paper's NF: quantiles of N(0, 1)), `float` (sign, exponent, mantissa),
+`integer` (symmetric absmax) and `table` (values listed in code order, divided by `scale`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+# bitsandbytes' FP4 (E2M1) in its own bit layout: sign bit 8, then the listed magnitudes / 12.
+_BNB_FP4 = [0.0, 0.0625, 8.0, 12.0, 4.0, 6.0, 2.0, 3.0, -0.0, -0.0625, -8.0, -12.0, -4.0, -6.0, -2.0, -3.0]
+# bitsandbytes' sign-magnitude Int4 table: symmetric absmax, +-0 and 7 levels a side.
+_INT4 = [7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.0, -0.0, -1.0, -2.0, -3.0, -4.0, -5.0, -6.0, -7.0]
+
+CODEBOOK_SPECS: dict[str, dict] = {
+    "nf4": {"kind": "normal_float", "bits": 4},
+    "nf3": {"kind": "normal_float", "bits": 3},
+    "nf2": {"kind": "normal_float", "bits": 2},
+    "fp4": {"kind": "table", "values": _BNB_FP4, "scale": 12.0},  # E2M1, bitsandbytes' layout
+    "fp4_e3m0": {"kind": "float", "exponent_bits": 3, "mantissa_bits": 0},
+    "int4": {"kind": "table", "values": _INT4, "scale": 7.0},
+    "int8": {"kind": "integer", "bits": 8},
+}
+
+
+@dataclass(frozen=True)
+class Codebook:
+    """A data type: `values[code]` is what code stands for, times its block's absmax."""
+
+    name: str
+    values: tuple[float, ...]  # float32-representable, in code order
+
+    def __post_init__(self):
+        n = len(self.values)
+        if n < 2 or n & (n - 1) or n > 256:
+            raise ValueError(f"codebook {self.name!r} has {n} values; expected a power of two from 2 to 256")
+        if max(abs(v) for v in self.values) > 1.0:
+            raise ValueError(f"codebook {self.name!r} has values outside [-1, 1]")
+
+    @property
+    def bits(self) -> int:
+        return len(self.values).bit_length() - 1
+
+    def tensor(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        return _values_tensor(self.values, str(device))
+
+    @property
+    def zero_code(self) -> int:
+        """The code 0.0 quantizes to (pads an odd tail, as bitsandbytes does)."""
+        return int(_sorted_codes(self.values)[1][torch.bucketize(torch.zeros(1), _sorted_codes(self.values)[0])])
+
+
+@lru_cache(maxsize=64)
+def _values_tensor(values: tuple[float, ...], device: str) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32, device=device)
+
+
+@lru_cache(maxsize=64)
+def _sorted_codes(values: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(midpoints between sorted values, code of each sorted position): nearest-value lookup."""
+    table = torch.tensor(values, dtype=torch.float32)
+    order = torch.argsort(table, stable=True)
+    ordered = table[order]
+    return (ordered[:-1] + ordered[1:]) / 2, order
+
+
+def codebook(name_or_book: str | Codebook) -> Codebook:
+    if isinstance(name_or_book, Codebook):
+        return name_or_book
+    if not isinstance(name_or_book, str):
+        raise TypeError(f"codebook must be a name or a Codebook, not {type(name_or_book).__name__}")
+    if name_or_book not in CODEBOOK_SPECS:
+        raise ValueError(f"unknown codebook {name_or_book!r}; shipped: {', '.join(CODEBOOK_SPECS)}")
+    return codebook_from_spec(name_or_book, CODEBOOK_SPECS[name_or_book])
+
+
+def codebook_from_spec(name: str, spec: dict) -> Codebook:
+    kind = spec.get("kind")
+    builders = {"normal_float": _normal_float, "float": _float, "integer": _integer, "table": _table}
+    if kind not in builders:
+        raise ValueError(f"codebook {name!r}: kind {kind!r} is not one of {', '.join(builders)}")
+    args = {k: v for k, v in spec.items() if k != "kind"}
+    return Codebook(name, tuple(float(v) for v in builders[kind](**args).tolist()))
+
+
+def _normal_float(bits: int, offset: float | None = None) -> torch.Tensor:
+    """The paper's NormalFloat: quantiles of N(0, 1), asymmetric (one more positive value), an
+    exact zero, normalised to [-1, 1], built with bitsandbytes' float32/float64 steps, so NF4
+    equals its table. The offset halves the gap between the 1/(2(2^k-1)) and 1/(2*2^k) tails
+    (0.9677083 for k = 4, as in the paper's code)."""
+    half = 2 ** (bits - 1)
+    if offset is None:
+        offset = 0.9677083 if bits == 4 else 1 - (1 / (2 * (2**bits - 1)) + 1 / (2 * 2**bits)) / 2
+    ppf = lambda q: torch.special.ndtri(q.double())
+    positive = ppf(torch.linspace(offset, 0.5, half + 1)[:-1])
+    negative = -ppf(torch.linspace(offset, 0.5, half)[:-1])
+    values = torch.cat([positive, torch.zeros(1, dtype=torch.float64), negative]).float().sort().values
+    return values / values.max()
+
+
+def _float(exponent_bits: int, mantissa_bits: int, bias: int | None = None) -> torch.Tensor:
+    """Sign, exponent, mantissa (subnormals at exponent 0), in code order, scaled by the max."""
+    bias = 2 ** (exponent_bits - 1) - 1 if bias is None else bias
+    values = []
+    for sign in (1.0, -1.0):
+        for exponent in range(2**exponent_bits):
+            for mantissa in range(2**mantissa_bits):
+                fraction = mantissa / 2**mantissa_bits
+                magnitude = fraction * 2.0 ** (1 - bias) if exponent == 0 else (1 + fraction) * 2.0 ** (exponent - bias)
+                values.append(sign * magnitude)
+    table = torch.tensor(values, dtype=torch.float32)
+    return table / table.abs().max()
+
+
+def _integer(bits: int) -> torch.Tensor:
+    """Symmetric absmax integers: code c stands for (c - 2^(k-1)) / (2^(k-1) - 1)."""
+    half = 2 ** (bits - 1)
+    return (torch.arange(2**bits, dtype=torch.float32) - half) / (half - 1)
+
+
+def _table(values: list[float], scale: float = 1.0) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32) / torch.tensor(scale, dtype=torch.float32)
+
+
+def nearest_codes(scaled: torch.Tensor, book: Codebook) -> torch.Tensor:
+    """Code of the nearest value for each element of `scaled` (in [-1, 1]); a tie at a midpoint
+    goes to the lower value, as in bitsandbytes."""
+    midpoints, order = _sorted_codes(book.values)
+    position = torch.bucketize(scaled, midpoints.to(scaled.device), out_int32=True)
+    return order.to(scaled.device)[position]

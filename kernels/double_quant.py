@@ -1,0 +1,65 @@
+"""Double quantization (the paper's DQ): the float32 absmax constants, minus their mean,
+quantized to 8 bits in blocks of 256 with bitsandbytes' signed dynamic 8-bit map."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+DQ_BLOCKSIZE = 256
+
+
+@dataclass(frozen=True)
+class NestedState:
+    """The absmax constants, themselves quantized."""
+
+    codes: torch.Tensor  # uint8, one per first-level block
+    absmax: torch.Tensor  # float32, one per DQ_BLOCKSIZE codes
+    offset: float  # the mean subtracted before quantizing
+    code: torch.Tensor  # the 256-value dynamic map the codes index
+
+    @property
+    def stored_bits(self) -> int:
+        return self.codes.numel() * 8 + self.absmax.numel() * 32 + 32
+
+
+@lru_cache(maxsize=4)
+def dynamic_map(device: str = "cpu") -> torch.Tensor:
+    """bitsandbytes' signed dynamic map (create_dynamic_map(signed=True)): a dynamic exponent
+    shared with a shrinking fraction, 256 sorted values in [-1, 1]."""
+    data: list[float] = []
+    max_exponent_bits, non_sign_bits = 7, 7
+    for i in range(max_exponent_bits):
+        items = int(2 ** (i + non_sign_bits - max_exponent_bits) + 1)
+        bounds = torch.linspace(0.1, 1, items, dtype=torch.float32)
+        means = (bounds[:-1] + bounds[1:]) / 2.0
+        data += ((10 ** (-(max_exponent_bits - 1) + i)) * means).tolist()
+        data += (-(10 ** (-(max_exponent_bits - 1) + i)) * means).tolist()
+    data += [0.0, 1.0]
+    data.sort()
+    return torch.tensor(data, dtype=torch.float32, device=device)
+
+
+def quantize_absmax(absmax: torch.Tensor) -> NestedState:
+    offset = absmax.mean()
+    centred = (absmax - offset).reshape(-1)
+    code = dynamic_map(str(absmax.device))
+    n = centred.numel()
+    blocks = -(-n // DQ_BLOCKSIZE)
+    padded = torch.nn.functional.pad(centred, (0, blocks * DQ_BLOCKSIZE - n))
+    block_max = padded.view(blocks, DQ_BLOCKSIZE).abs().max(dim=1).values
+    scaled = torch.clamp(padded.view(blocks, DQ_BLOCKSIZE) * (1.0 / block_max.clamp(min=1e-38)).view(-1, 1), -1, 1)
+    midpoints = (code[:-1] + code[1:]) / 2
+    codes = torch.bucketize(scaled.reshape(-1)[:n], midpoints, out_int32=True).to(torch.uint8)
+    return NestedState(codes=codes, absmax=block_max, offset=float(offset), code=code)
+
+
+def dequantize_absmax(state: NestedState) -> torch.Tensor:
+    values = state.code[state.codes.to(torch.int64)]
+    n = values.numel()
+    blocks = state.absmax.numel()
+    padded = torch.nn.functional.pad(values, (0, blocks * DQ_BLOCKSIZE - n))
+    out = (padded.view(blocks, DQ_BLOCKSIZE) * state.absmax.view(-1, 1)).reshape(-1)[:n]
+    return out + state.offset

@@ -1,0 +1,97 @@
+"""A frozen k-bit linear layer: packed weight and block constants as buffers, nothing else.
+
+forward = x @ dequantize(W).T (+ bias) in the compute dtype. Its autograd gives the gradient
+with respect to the input only, and keeps no dequantized weight alive between forward and
+backward: backward dequantizes again (the paper's trade of compute for memory).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from qlora_kernels.blockwise import QuantState, dequantize, quantize
+from qlora_kernels.codebooks import Codebook, codebook
+from qlora_kernels.double_quant import NestedState
+
+_STATE_BUFFERS = ("packed", "absmax", "nested_codes", "nested_absmax", "nested_offset", "nested_code")
+
+
+class _DequantMatmul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, state: QuantState, compute_dtype: torch.dtype) -> torch.Tensor:
+        ctx.state, ctx.compute_dtype = state, compute_dtype
+        return x @ dequantize(state, compute_dtype).t()
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_out.to(ctx.compute_dtype) @ dequantize(ctx.state, ctx.compute_dtype)
+        return grad_x, None, None
+
+
+class QuantLinear(torch.nn.Module):
+    """nn.Linear's interface (in_features, out_features, bias) over a quantized, frozen weight."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, book: str | Codebook, blocksize: int = 64,
+                 double_quant: bool = False, compute_dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.codebook, self.blocksize, self.double_quant = codebook(book), blocksize, double_quant
+        self.compute_dtype = compute_dtype
+        empty = quantize(torch.zeros(out_features, in_features), self.codebook, blocksize, double_quant)
+        self._set_state(empty)
+        self.bias = torch.nn.Parameter(torch.zeros(out_features, dtype=compute_dtype), requires_grad=False) if bias else None
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear, book: str | Codebook, blocksize: int = 64,
+                    double_quant: bool = False, compute_dtype: torch.dtype = torch.bfloat16) -> QuantLinear:
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, book, blocksize, double_quant,
+                    compute_dtype)
+        layer._set_state(quantize(linear.weight.detach(), layer.codebook, blocksize, double_quant))
+        if linear.bias is not None:
+            layer.bias.data = linear.bias.detach().to(compute_dtype)
+        return layer.to(linear.weight.device)
+
+    def _set_state(self, state: QuantState) -> None:
+        values = state.to_dict()
+        for name in _STATE_BUFFERS:
+            if name in values:
+                self.register_buffer(name, values[name])
+        self.weight_dtype = state.dtype
+
+    @property
+    def qweight(self) -> torch.Tensor:
+        """The packed weight, under the name peft looks for on quantized layers (GPTQ's)."""
+        return self.packed
+
+    def quant_state(self) -> QuantState:
+        """The QuantState these buffers hold (views, no copies)."""
+        nested = None
+        if self.double_quant:
+            nested = NestedState(codes=self.nested_codes, absmax=self.nested_absmax,
+                                 offset=float(self.nested_offset), code=self.nested_code)
+        return QuantState(packed=self.packed, absmax=None if nested else self.absmax, nested=nested,
+                          shape=torch.Size((self.out_features, self.in_features)), dtype=self.weight_dtype,
+                          blocksize=self.blocksize, codebook=self.codebook)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = _DequantMatmul.apply(x.to(self.compute_dtype), self.quant_state(), self.compute_dtype)
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
+        return out.to(x.dtype)
+
+    def get_extra_state(self) -> dict:
+        return {"codebook": self.codebook.name, "codebook_values": list(self.codebook.values),
+                "blocksize": self.blocksize, "double_quant": self.double_quant}
+
+    def set_extra_state(self, extra: dict) -> None:
+        mine = self.get_extra_state()
+        for key in mine:
+            if extra.get(key) != mine[key]:
+                raise ValueError(f"state_dict holds a {key} of {extra.get(key)!r}, this layer {mine[key]!r}: "
+                                 f"it was saved from another quantization")
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"codebook={self.codebook.name}, blocksize={self.blocksize}, double_quant={self.double_quant}")

@@ -1,0 +1,74 @@
+"""The `lab` backend: the base's linear layers swapped for qlora_kernels' QuantLinear, which
+peft's LoRA wraps through its custom-module registration (no fork of peft)."""
+
+from __future__ import annotations
+
+import torch
+from peft.tuners.lora.layer import LoraLayer
+
+from qlora_lab.config import DTypeConfig
+from qlora_lab.model.quantize import TORCH_DTYPES
+
+
+def lab_codebook(dtype: DTypeConfig):
+    """The data type's codebook: a shipped one by name, or the config's own spec."""
+    from qlora_kernels import codebook, codebook_from_spec
+
+    return codebook_from_spec(dtype.name, dtype.codebook) if dtype.codebook else codebook(dtype.name)
+
+
+def quantize_linears(model: torch.nn.Module, dtype: DTypeConfig, skip: set[int]) -> int:
+    """Replace every nn.Linear (ids in `skip` left alone: the head) by a QuantLinear."""
+    from qlora_kernels import QuantLinear
+
+    book, compute = lab_codebook(dtype), TORCH_DTYPES[dtype.compute_dtype]
+    swaps = [(name, module) for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear) and id(module) not in skip]
+    for name, linear in swaps:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, QuantLinear.from_linear(linear, book, dtype.blocksize, dtype.double_quant, compute))
+    return len(swaps)
+
+
+def prepare_lab_base(model: torch.nn.Module, gradient_checkpointing: bool) -> torch.nn.Module:
+    """What peft's prepare_model_for_kbit_training does for bitsandbytes models: freeze the
+    base, keep its remaining 16-bit weights in float32, let checkpointed inputs carry grads."""
+    for param in model.parameters():
+        param.requires_grad = False
+        if param.dtype in (torch.float16, torch.bfloat16):
+            param.data = param.data.float()
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    return model
+
+
+class LoraQuantLinear(torch.nn.Module, LoraLayer):
+    """LoRA around a QuantLinear: base output + B(A(dropout(x))) * scale, in the adapters' dtype."""
+
+    def __init__(self, base_layer: torch.nn.Module, adapter_name: str, config, r: int = 0, lora_alpha: int = 1,
+                 **kwargs) -> None:
+        super().__init__()
+        LoraLayer.__init__(self, base_layer)
+        self.fan_in_fan_out = False
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, r, lora_alpha=lora_alpha, config=config)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        result = self.base_layer(x)
+        if self.disable_adapters:
+            return result
+        for name in self.active_adapters:
+            if name not in self.lora_A:
+                continue
+            lora_A, lora_B = self.lora_A[name], self.lora_B[name]
+            update = lora_B(lora_A(self.lora_dropout[name](x.to(lora_A.weight.dtype)))) * self.scaling[name]
+            result = result + update.to(result.dtype)
+        return result
+
+
+def register_with_peft(peft_config) -> None:
+    from qlora_kernels import QuantLinear
+
+    peft_config._register_custom_module({QuantLinear: LoraQuantLinear})
