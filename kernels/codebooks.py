@@ -118,9 +118,10 @@ def _float(exponent_bits: int, mantissa_bits: int, bias: int | None = None) -> t
 
 
 def _integer(bits: int) -> torch.Tensor:
-    """Symmetric absmax integers: code c stands for (c - 2^(k-1)) / (2^(k-1) - 1)."""
+    """Symmetric absmax integers: code c stands for (c - 2^(k-1)) / (2^(k-1) - 1), the one code
+    below -1 held at -1 (symmetric: -127..127 for 8 bits, code 0 never chosen)."""
     half = 2 ** (bits - 1)
-    return (torch.arange(2**bits, dtype=torch.float32) - half) / (half - 1)
+    return ((torch.arange(2**bits, dtype=torch.float32) - half) / (half - 1)).clamp(min=-1.0)
 
 
 def _table(values: list[float], scale: float = 1.0) -> torch.Tensor:

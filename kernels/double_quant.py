@@ -50,10 +50,20 @@ def quantize_absmax(absmax: torch.Tensor) -> NestedState:
     blocks = -(-n // DQ_BLOCKSIZE)
     padded = torch.nn.functional.pad(centred, (0, blocks * DQ_BLOCKSIZE - n))
     block_max = padded.view(blocks, DQ_BLOCKSIZE).abs().max(dim=1).values
-    scaled = torch.clamp(padded.view(blocks, DQ_BLOCKSIZE) * (1.0 / block_max.clamp(min=1e-38)).view(-1, 1), -1, 1)
-    midpoints = (code[:-1] + code[1:]) / 2
-    codes = torch.bucketize(scaled.reshape(-1)[:n], midpoints, out_int32=True).to(torch.uint8)
-    return NestedState(codes=codes, absmax=block_max, offset=float(offset), code=code)
+    # a block of equal constants centres to zeros: 0/0 would be NaN, and any code dequantizes
+    # to the offset there; take the code of 0.0
+    normed = (padded.view(blocks, DQ_BLOCKSIZE) / block_max.view(-1, 1)).nan_to_num(0.0).reshape(-1)[:n]
+    return NestedState(codes=nearest_in_sorted(normed, code), absmax=block_max, offset=float(offset), code=code)
+
+
+def nearest_in_sorted(x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+    """bitsandbytes' CPU rule: the last value <= x, then the next one if strictly closer. Its
+    search runs on a copy of the map whose first value (-0.993) is set to -1.0; the stored map
+    keeps -0.993."""
+    left = (torch.searchsorted(code, x, right=True) - 1).clamp(0, code.numel() - 1)
+    right = (left + 1).clamp(max=code.numel() - 1)
+    closer = (x - code[right]).abs() < (x - code[left]).abs()
+    return torch.where(closer & (left < code.numel() - 1), right, left).to(torch.uint8)
 
 
 def dequantize_absmax(state: NestedState) -> torch.Tensor:

@@ -68,15 +68,20 @@ def test_unquantized_dtype_refuses_quantization_settings(default_tree):
         run_config(tree)
 
 
-def test_int4_needs_the_lab_backend_and_says_so(default_tree):
-    from qlora_lab.model.dtypes import available_backends
+def test_int4_and_friends_run_on_the_lab_backend_only(default_tree):
+    for name in ("int4", "nf3", "nf2", "fp4_e3m0"):
+        tree = copy.deepcopy(default_tree)
+        tree["dtype"].update(name=name, backend="lab")
+        assert run_config(tree).dtype.name == name
+        tree["dtype"]["backend"] = "bnb"
+        with pytest.raises(ConfigError, match=rf"^dtype.backend=bnb: expected one of lab"):
+            run_config(tree)
 
-    if "lab" in available_backends():
-        pytest.skip("qlora_kernels is installed: int4 runs (tested with the kernels)")
+
+def test_a_codebook_of_your_own_is_config(default_tree):
     tree = copy.deepcopy(default_tree)
-    tree["dtype"].update(name="int4", backend="lab")
-    with pytest.raises(ConfigError, match=r"^dtype=int4: needs backend 'lab'"):
-        run_config(tree)
+    tree["dtype"].update(name="nf3_tight", backend="lab", codebook={"kind": "normal_float", "bits": 3, "offset": 0.9})
+    assert run_config(tree).dtype.codebook["bits"] == 3
 
 
 def test_explicit_target_list_is_accepted(default_tree):

@@ -9,7 +9,11 @@ from qlora_lab.preflight import check_command_line
 from qlora_lab.train import CONF_DIR
 
 CASES = [
-    (["dtype=nf5"], "dtype=nf5: expected one of bf16, fp32, fp4, int4, int8, nf4"),
+    (["dtype=nf5"], "dtype=nf5: expected one of bf16, fp32, fp4, fp4_e3m0, int4, int8, nf2, nf3, nf4"),
+    (["dtype=int4", "dtype.backend=bnb"], "dtype.backend=bnb: expected one of lab"),
+    (["dtype=nf4", "dtype.backend=lab", "dtype.blocksize=48"], "dtype.blocksize=48: backend lab supports 32, 64"),
+    (["dtype=nf4", "dtype.codebook={kind: posit}"], "dtype.backend=bnb: a dtype.codebook needs backend lab"),
+    (["dtype=nf4", "dtype.backend=lab", "+dtype.codebook={kind: posit}"], "dtype.codebook={'kind': 'posit'}: codebook 'nf4': kind 'posit' is not one of"),
     (["-m", "dtype=nf4,nf5"], "dtype=nf5: expected one of"),
     (["model=llama_9b"], "model=llama_9b: expected one of llama_13b, llama_33b, llama_65b, llama_7b, tiny"),
     (["lora.modulez=[q_proj]"], "lora.modulez: unknown key; expected one of r, alpha, dropout, targets"),
@@ -40,5 +44,6 @@ def test_good_sweep_passes():
 def test_cli_exits_2_with_one_line_and_runs_nothing(tmp_path):
     proc = run_cli("-m", "dtype=nf4,nf5", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["error: dtype=nf5: expected one of bf16, fp32, fp4, int4, int8, nf4"]
+    assert proc.stderr.strip().splitlines() == [
+        "error: dtype=nf5: expected one of bf16, fp32, fp4, fp4_e3m0, int4, int8, nf2, nf3, nf4"]
     assert not (tmp_path / "sweep").exists()

@@ -165,3 +165,31 @@ def test_int8_and_fp32_bases_train_and_report_their_storage(tmp_path):
     int8_bits = sum(i * o * 8 + o * 32 for i, o in layers) / sum(i * o for i, o in layers)
     assert records["0"]["model"]["bits_per_param"] == pytest.approx(int8_bits, abs=1e-6)
     assert records["1"]["model"]["bits_per_param"] == 32.0
+
+
+def test_the_issues_dtype_sweep_runs_int4_on_our_own_kernels(tmp_path):
+    proc = run_cli("-m", "dtype=nf4,fp4,int4", "lora.targets=all,qv", "train.max_steps=10", "eval.n_generate=1",
+                   "train.report_to=none", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = list(records_under(tmp_path / "sweep").values())
+    assert len(records) == 6 and all(r["status"] == "ok" for r in records)
+    backends = {r["config"]["dtype"]["name"]: r["config"]["dtype"]["backend"] for r in records}
+    assert backends == {"nf4": "bnb", "fp4": "bnb", "int4": "lab"}
+    int4 = [r for r in records if r["config"]["dtype"]["name"] == "int4"]
+    assert all(r["model"]["bits_per_param"] == pytest.approx(tiny_nf4_dq_bits(), abs=1e-6) for r in int4)
+    assert all(r["metrics"]["train_loss_last"] < r["metrics"]["train_loss_first"] for r in int4)
+
+
+def test_lab_backend_nf4_fp4_train_like_bitsandbytes(demo_sweep, tmp_path):
+    proc = run_cli("-m", "dtype=nf4,fp4", "dtype.backend=lab", "lora.targets=all", "train.max_steps=30",
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    bnb = {r["config"]["dtype"]["name"]: r for r in records_under(demo_sweep[1]).values()
+           if r["config"]["lora"]["targets"] == "all"}
+    for lab in records_under(tmp_path / "sweep").values():
+        ref = bnb[lab["config"]["dtype"]["name"]]
+        assert lab["model"]["bits_per_param"] == ref["model"]["bits_per_param"]
+        assert lab["model"]["n_params"] == ref["model"]["n_params"]
+        assert lab["model"]["n_trainable"] == ref["model"]["n_trainable"]
+        for key in ("train_loss_first", "train_loss_last", "eval_loss"):  # measured: within 0.02%
+            assert lab["metrics"][key] == pytest.approx(ref["metrics"][key], rel=1e-3), key
