@@ -27,7 +27,8 @@ test: install
 	$(PY) -m pytest -q tests
 
 bench: install
-	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/train_throughput.py --steps 30 --repeats 3
+	$(PY) benchmarks/kernels_cpu.py
 
 clean:
 	rm -rf outputs multirun wandb .pytest_cache

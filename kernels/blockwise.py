@@ -9,6 +9,7 @@ packs to the same bytes and dequantizes to the same values.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import torch
 
@@ -109,14 +110,13 @@ def dequantize(state: QuantState, dtype: torch.dtype | None = None) -> torch.Ten
     """The weights back: codebook value x block absmax, in float32, then `dtype` (default: the
     quantized tensor's own)."""
     n, bs = state.numel, state.blocksize
-    values = _code_values(state)
+    values = _code_values(state)[:n]  # a fresh float32 tensor: scaled in place
     absmax = state.block_absmax().float()
     full = n - n % bs
-    out = torch.empty(n, dtype=torch.float32, device=values.device)
-    out[:full] = (values[:full].view(-1, bs) * absmax[: full // bs].view(-1, 1)).reshape(-1)
+    values[:full].view(-1, bs).mul_(absmax[: full // bs].view(-1, 1))
     if full < n:
-        out[full:] = values[full:n] * absmax[full // bs]
-    return out.view(state.shape).to(dtype or state.dtype)
+        values[full:].mul_(absmax[full // bs])
+    return values.view(state.shape).to(dtype or state.dtype)
 
 
 def _code_values(state: QuantState) -> torch.Tensor:
@@ -124,10 +124,14 @@ def _code_values(state: QuantState) -> torch.Tensor:
     gather per byte instead of two shifts, two gathers and an interleave."""
     table = state.codebook.tensor(state.packed.device)
     if state.codebook.bits == 4:
-        return _pair_table(table)[state.packed.reshape(-1).to(torch.int64)].reshape(-1)
+        pairs = _pair_table(state.codebook.values, str(state.packed.device))
+        return pairs.index_select(0, state.packed.reshape(-1).to(torch.int32)).reshape(-1)
     return table[packing.unpack(state.packed, state.codebook.bits, state.numel)]
 
 
-def _pair_table(table: torch.Tensor) -> torch.Tensor:
-    byte = torch.arange(256, device=table.device)
+@lru_cache(maxsize=64)
+def _pair_table(values: tuple[float, ...], device: str) -> torch.Tensor:
+    """[256, 2]: the two code values each byte stands for (high nibble first)."""
+    table = torch.tensor(values, dtype=torch.float32, device=device)
+    byte = torch.arange(256, device=device)
     return torch.stack([table[byte >> 4], table[byte & 0xF]], dim=1)

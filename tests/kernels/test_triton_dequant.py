@@ -1,0 +1,69 @@
+"""The Triton dequantize kernel against the plain-torch reference, run on the CPU by Triton's
+interpreter (TRITON_INTERPRET=1) in a child process, and on a GPU where there is one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("triton", reason="triton is not installed: `pip install triton` to test the GPU kernel")
+
+CHECK = textwrap.dedent("""
+    import torch
+    from qlora_kernels import dequantize, quantize
+    from qlora_kernels.triton_dequant import dequantize_4bit_triton
+
+    device = "{device}"
+    torch.manual_seed(0)
+    shapes = [(7,), (1001,), (33, 65), (3, 5, 7), (64, 96)]
+    checked = 0
+    for book in ("nf4", "fp4", "int4", "fp4_e3m0"):
+        for blocksize in (32, 64, 256, 4096):
+            for double_quant in (False, True):
+                for dtype in (torch.float32, torch.bfloat16):
+                    for shape in shapes:
+                        weight = torch.randn(shape, dtype=dtype, device=device)
+                        state = quantize(weight, book, blocksize=blocksize, double_quant=double_quant)
+                        ours = dequantize_4bit_triton(state)
+                        ref = dequantize(state)
+                        assert ours.shape == ref.shape and ours.dtype == ref.dtype, (shape, dtype)
+                        assert torch.equal(ours, ref), (book, blocksize, double_quant, dtype, shape)
+                        checked += 1
+    print("checked", checked)
+""")
+
+
+def run_check(device: str, interpret: bool) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TRITON_INTERPRET": "1"} if interpret else dict(os.environ)
+    return subprocess.run([sys.executable, "-c", CHECK.format(device=device)], capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+def test_triton_kernel_equals_the_reference_under_the_interpreter():
+    proc = run_check("cpu", interpret=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "checked 320"
+
+
+@pytest.mark.gpu
+def test_triton_kernel_equals_the_reference_on_the_gpu():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine: the kernel is checked under the interpreter above")
+    proc = run_check("cuda", interpret=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_non_4bit_codebooks_are_refused():
+    import torch
+
+    from qlora_kernels import quantize
+    from qlora_kernels.triton_dequant import dequantize_4bit_triton
+
+    with pytest.raises(ValueError, match="decodes 4-bit codes; codebook 'nf3' has 3"):
+        dequantize_4bit_triton(quantize(torch.randn(64), "nf3"))
