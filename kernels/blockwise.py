@@ -122,10 +122,10 @@ def dequantize(state: QuantState, dtype: torch.dtype | None = None) -> torch.Ten
 def _code_values(state: QuantState) -> torch.Tensor:
     """Codebook value of every code. For 4 bits a byte indexes a table of value pairs: one
     gather per byte instead of two shifts, two gathers and an interleave."""
-    table = state.codebook.tensor(state.packed.device)
     if state.codebook.bits == 4:
         pairs = _pair_table(state.codebook.values, str(state.packed.device))
         return pairs.index_select(0, state.packed.reshape(-1).to(torch.int32)).reshape(-1)
+    table = state.codebook.tensor(state.packed.device)
     return table[packing.unpack(state.packed, state.codebook.bits, state.numel)]
 
 

@@ -52,7 +52,7 @@ class Codebook:
     @property
     def zero_code(self) -> int:
         """The code 0.0 quantizes to (pads an odd tail, as bitsandbytes does)."""
-        return int(_sorted_codes(self.values)[1][torch.bucketize(torch.zeros(1), _sorted_codes(self.values)[0])])
+        return int(nearest_codes(torch.zeros(1), self)[0])
 
 
 @lru_cache(maxsize=64)
