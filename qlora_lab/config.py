@@ -113,7 +113,9 @@ class DatasetConfig:
     name: str = "stdlib"  # the config's own name, as chosen by `dataset=NAME`
     format: str = "stdlib"  # row -> (source, target) function, see qlora_lab.data.formats
     hub_id: Optional[str] = None  # datasets.load_dataset id, used when `path` is unset
-    path: Optional[str] = None  # local JSON / JSONL file in the format's field layout
+    hub_config: Optional[str] = None  # the hub dataset's config name (self_instruct's "self_instruct")
+    hub_files: Optional[str] = None  # data_files within the hub dataset (OIG's unified_chip2.jsonl)
+    path: Optional[str] = None  # local JSON / JSONL / CSV / Parquet file in the format's field layout
     n_eval: int = 64  # held-out examples, split off by `split_seed` where the data has no split
     split_seed: int = 42  # the paper's seed for its 1024-example eval split
     max_train_samples: Optional[int] = None  # cap after the split (None: all)
@@ -128,8 +130,8 @@ class DatasetConfig:
         if self.path is not None:
             if not Path(self.path).is_file():
                 raise ConfigError("dataset.path", self.path, "no such file")
-            if Path(self.path).suffix not in (".json", ".jsonl"):
-                raise ConfigError("dataset.path", self.path, "expected a .json or .jsonl file")
+            if Path(self.path).suffix not in (".json", ".jsonl", ".csv", ".parquet"):
+                raise ConfigError("dataset.path", self.path, "expected a .json, .jsonl, .csv or .parquet file")
         _positive("dataset.n_eval", self.n_eval)
         for key in ("max_train_samples", "max_eval_samples"):
             if getattr(self, key) is not None:

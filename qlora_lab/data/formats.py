@@ -1,4 +1,6 @@
-"""Registry of dataset formats: each turns one raw row into (source, target) as the paper did.
+"""Registry of dataset formats: each turns one raw row into (source, target) as the paper did
+(its qlora.py: alpaca, chip2, self-instruct, hh-rlhf, oasst1), or as the hub's layout of the
+dataset reads (unnatural, flan_v2, longform, super_natural).
 
 A format names the fields it needs, so a row missing one is refused with the list of fields.
 Adding a format is one entry here.
@@ -15,6 +17,7 @@ class Format:
     fields: tuple[str, ...]  # fields every row must have
     to_pair: Callable[[dict], tuple[str, str]]  # row -> (source, target)
     optional: tuple[str, ...] = ()  # fields a row may leave out
+    explode: Callable[[dict], list[dict]] | None = None  # one raw row -> several rows (nested data)
 
 
 # The Alpaca prompt exactly as the paper's code (qlora.py, ALPACA_PROMPT_DICT) wrote it.
@@ -42,7 +45,47 @@ def stdlib_pair(row: dict) -> tuple[str, str]:
     return STDLIB_INSTRUCTION.format(module=row["module"], prompt=row["prompt"]), row["body"] + "\n"
 
 
+def chip2_pair(row: dict) -> tuple[str, str]:
+    """OIG unified_chip2: one `<human>: ...\n<bot>: ...` text, split as the paper's code did."""
+    text = row["text"]
+    if "\n<bot>: " not in text:
+        raise ValueError("text has no '\\n<bot>: ' turn")
+    return text.split("\n<bot>: ")[0].replace("<human>: ", ""), text.split("\n<bot>: ")[1]
+
+
+def unnatural_rows(row: dict) -> list[dict]:
+    """Unnatural Instructions (core): an instruction with several instances; each is a pair."""
+    instances = row.get("instances")
+    if not isinstance(instances, list) or not instances:
+        raise ValueError("instances is not a non-empty list")
+    return [{"instruction_with_input": i.get("instruction_with_input"), "output": i.get("output")} for i in instances]
+
+
+# Super-NaturalInstructions as Tk-Instruct encoded it (definition, then the example).
+SNI_PROMPT = "Definition: {definition}\n\nNow complete the following example -\nInput: {inputs}\nOutput: "
+
+
+def field_pair(source: str, target: str) -> Callable[[dict], tuple[str, str]]:
+    """A format whose source and target are two fields as they are."""
+    return lambda row: (row[source], row[target])
+
+
+def whole_text(field: str) -> Callable[[dict], tuple[str, str]]:
+    """Empty source, the whole text the target (hh-rlhf's chosen dialogue, OASST1's threads)."""
+    return lambda row: ("", row[field])
+
+
 FORMATS: dict[str, Format] = {
     "alpaca": Format(("instruction", "output"), alpaca_pair, optional=("input",)),
+    "self_instruct": Format(("prompt", "completion"), field_pair("prompt", "completion")),
+    "unnatural": Format(("instruction_with_input", "output"), field_pair("instruction_with_input", "output"),
+                        explode=unnatural_rows),
+    "flan_v2": Format(("inputs", "targets"), field_pair("inputs", "targets")),
+    "longform": Format(("input", "output"), field_pair("input", "output")),
+    "chip2": Format(("text",), chip2_pair),
+    "hh_rlhf": Format(("chosen",), whole_text("chosen")),
+    "oasst1": Format(("text",), whole_text("text")),
+    "super_natural": Format(("definition", "inputs", "targets"),
+                            lambda row: (SNI_PROMPT.format(**row), row["targets"])),
     "stdlib": Format(("module", "prompt", "body"), stdlib_pair),
 }

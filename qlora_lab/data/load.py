@@ -32,12 +32,16 @@ def load_splits(cfg: DatasetConfig) -> Splits:
     if not rows:
         raise DataError(f"dataset={cfg.name}: {cfg.path or cfg.hub_id or cfg.format} holds no rows")
     pairs = []
-    for index, row in enumerate(rows):
-        missing = [f for f in fmt.fields if f not in row]
-        if missing:
-            raise DataError(f"dataset={cfg.name}: row {index + 1} lacks {', '.join(missing)}; "
-                            f"expected fields: {_field_list(fmt)}")
-        pairs.append(fmt.to_pair(row))
+    for index, raw in enumerate(rows):
+        for row in _exploded(fmt, raw, cfg, index):
+            missing = [f for f in fmt.fields if row.get(f) is None]
+            if missing:
+                raise DataError(f"dataset={cfg.name}: row {index + 1} lacks {', '.join(missing)}; "
+                                f"expected fields: {_field_list(fmt)}")
+            try:
+                pairs.append(fmt.to_pair(row))
+            except ValueError as err:
+                raise DataError(f"dataset={cfg.name}: row {index + 1}: {err}") from None
     if len(pairs) <= cfg.n_eval:
         raise DataError(f"dataset.n_eval={cfg.n_eval} leaves no training rows: dataset={cfg.name} has {len(pairs)}")
     order = list(range(len(pairs)))
@@ -47,6 +51,15 @@ def load_splits(cfg: DatasetConfig) -> Splits:
     return Splits(train=train_pairs, eval=eval_pairs, fingerprint=fingerprint)
 
 
+def _exploded(fmt, raw: dict, cfg: DatasetConfig, index: int) -> list[dict]:
+    if fmt.explode is None:
+        return [raw]
+    try:
+        return fmt.explode(raw)
+    except (ValueError, AttributeError) as err:
+        raise DataError(f"dataset={cfg.name}: row {index + 1}: {err}") from None
+
+
 def _field_list(fmt) -> str:
     return ", ".join(list(fmt.fields) + [f"{name} (optional)" for name in fmt.optional])
 
@@ -54,14 +67,20 @@ def _field_list(fmt) -> str:
 def _raw_rows(cfg: DatasetConfig) -> tuple[list[dict], str]:
     if cfg.path is not None:
         path = Path(cfg.path)
-        return read_json_rows(path), "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+        if path.suffix in (".csv", ".parquet"):
+            import datasets
+
+            table = datasets.load_dataset(path.suffix[1:], data_files=str(path), split="train")
+            return list(table), digest
+        return read_json_rows(path), digest
     if cfg.format == "stdlib":
         rows = stdlib.instruction_rows()
         digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
         return rows, "sha256:" + digest
     import datasets  # the real hub path: needs the network, never taken in tests
 
-    hub = datasets.load_dataset(cfg.hub_id, split="train")
+    hub = datasets.load_dataset(cfg.hub_id, cfg.hub_config, data_files=cfg.hub_files, split="train")
     return list(hub), f"{cfg.hub_id}@{hub._fingerprint}"
 
 

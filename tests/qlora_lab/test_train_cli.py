@@ -117,10 +117,10 @@ def test_saved_adapter_reloads_onto_a_fresh_base_with_the_same_eval_loss(demo_sw
 
 def test_a_failed_run_leaves_a_failed_record_and_the_sweep_goes_on(tmp_path):
     bad = tmp_path / "bad.jsonl"
-    lines = (FIXTURES / "alpaca_small.jsonl").read_text().splitlines()
+    lines = (FIXTURES / "datasets" / "alpaca.jsonl").read_text().splitlines()
     bad.write_text("\n".join(lines[:10] + ["{not json"] + lines[10:]) + "\n")
     good = tmp_path / "good.jsonl"
-    shutil.copy(FIXTURES / "alpaca_small.jsonl", good)
+    shutil.copy(FIXTURES / "datasets" / "alpaca.jsonl", good)
     proc = run_cli("-m", "dataset=alpaca", f"dataset.path={bad},{good}", "dataset.n_eval=8", "train.max_steps=3",
                    "eval.n_generate=1", "train.report_to=none", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     assert proc.returncode == 1
@@ -193,3 +193,14 @@ def test_lab_backend_nf4_fp4_train_like_bitsandbytes(demo_sweep, tmp_path):
         assert lab["model"]["n_trainable"] == ref["model"]["n_trainable"]
         for key in ("train_loss_first", "train_loss_last", "eval_loss"):  # measured: within 0.02%
             assert lab["metrics"][key] == pytest.approx(ref["metrics"][key], rel=1e-3), key
+
+
+def test_a_paper_dataset_from_a_local_file_trains_end_to_end(tmp_path):
+    proc = run_cli("dataset=oasst1", f"dataset.path={FIXTURES / 'datasets' / 'oasst1.jsonl'}", "dataset.n_eval=1",
+                   "train.max_steps=2", "eval.n_generate=1", "train.report_to=none",
+                   f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert record["status"] == "ok" and record["data"]["name"] == "oasst1"
+    assert (record["data"]["n_train"], record["data"]["n_eval"]) == (2, 1)
+    assert record["metrics"]["train_steps"] == 2 and record["data"]["fingerprint"].startswith("sha256:")

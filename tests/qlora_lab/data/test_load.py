@@ -12,7 +12,7 @@ from qlora_lab.data.formats import stdlib_pair
 from qlora_lab.data.load import DataError, load_splits
 from qlora_lab.data.stdlib import instruction_rows, module_part, stdlib_files
 
-ALPACA = FIXTURES / "alpaca_small.jsonl"
+ALPACA = FIXTURES / "datasets" / "alpaca.jsonl"
 
 
 def alpaca(path, **kw) -> DatasetConfig:
