@@ -29,6 +29,7 @@ test: install
 bench: install
 	$(PY) benchmarks/train_throughput.py --steps 30 --repeats 3
 	$(PY) benchmarks/kernels_cpu.py
+	$(PY) benchmarks/mmlu_throughput.py
 
 clean:
 	rm -rf outputs multirun wandb .pytest_cache

@@ -254,18 +254,38 @@ class TrainConfig:
 
 
 @dataclass
+class MmluConfig:
+    """MMLU (Hendrycks et al. 2021): on when `path` is set, as the paper measured it."""
+
+    path: Optional[str] = None  # folder in the standard layout (dev/, test/, val/), or "hub"
+    hub_id: str = "cais/mmlu"  # used when path=hub
+    split: str = "test"  # test (what the paper reports) | val (what its code logged)
+    shots: int = 5  # 0 | 5 answered dev questions before each question
+    batch_size: int = 8  # questions per forward after the shared prefix
+
+    def validate(self) -> None:
+        _choice("eval.mmlu.split", self.split, ("test", "val"))
+        _choice("eval.mmlu.shots", self.shots, (0, 5))
+        _positive("eval.mmlu.batch_size", self.batch_size)
+        if self.path not in (None, "hub") and not Path(self.path).is_dir():
+            raise ConfigError("eval.mmlu.path", self.path, "no such folder (or use eval.mmlu.path=hub)")
+
+
+@dataclass
 class EvalConfig:
-    """What is measured after training: held-out loss/perplexity and RougeL of generations."""
+    """What is measured after training: held-out loss/perplexity, RougeL of generations, MMLU."""
 
     loss: bool = True  # held-out loss and perplexity over the eval split's target tokens
     batch_size: int = 8  # eval micro-batch
     n_generate: int = 4  # held-out examples answered greedily and scored by RougeL (0: none)
     max_new_tokens: int = 64  # generation length cap
+    mmlu: MmluConfig = field(default_factory=MmluConfig)
 
     def validate(self) -> None:
         _positive("eval.batch_size", self.batch_size)
         _at_least("eval.n_generate", self.n_generate, 0)
         _positive("eval.max_new_tokens", self.max_new_tokens)
+        self.mmlu.validate()
 
 
 @dataclass

@@ -122,10 +122,21 @@ def _evaluate(config: RunConfig, built, encode, eval_pairs, run_dir: Path, recor
             record.metrics.update(eval_loss=loss, ppl=ppl)
         rows = generate_answers(built.model, built.tokenizer, eval_pairs[: ec.n_generate], ec.max_new_tokens,
                                 config.train.source_max_len)
+        if ec.mmlu.path:
+            record.metrics.update(_mmlu(built, ec.mmlu))
     if rows:
         with open(run_dir / "generations.jsonl", "w", encoding="utf-8") as handle:
             handle.writelines(json.dumps(row) + "\n" for row in rows)
         record.metrics["rougeL"] = rouge_l(rows)
+
+
+def _mmlu(built, cfg) -> dict:
+    from qlora_lab.evaluate import mmlu
+
+    subjects = mmlu.load_hub(cfg.hub_id, cfg.split) if cfg.path == "hub" else mmlu.load_local(Path(cfg.path), cfg.split)
+    result = mmlu.evaluate_mmlu(built.model, built.tokenizer, subjects, cfg.split, cfg.shots, cfg.batch_size)
+    return {"mmlu_acc": result.accuracy, "mmlu_acc_by_subject": result.by_subject, "mmlu_split": result.split,
+            "mmlu_shots": result.shots, "mmlu_n_questions": result.n_questions}
 
 
 def _start_wandb(run_dir: Path, run_name: str, record: Record) -> None:

@@ -9,6 +9,9 @@ from qlora_lab.preflight import check_command_line
 from qlora_lab.train import CONF_DIR
 
 CASES = [
+    (["eval.mmlu.split=dev"], "eval.mmlu.split=dev: expected one of test, val"),
+    (["eval.mmlu.shots=3"], "eval.mmlu.shots=3: expected one of 0, 5"),
+    (["eval.mmlu.path=/no/mmlu"], "eval.mmlu.path=/no/mmlu: no such folder (or use eval.mmlu.path=hub)"),
     (["dtype=nf5"], "dtype=nf5: expected one of bf16, fp32, fp4, fp4_e3m0, int4, int8, nf2, nf3, nf4"),
     (["dtype=int4", "dtype.backend=bnb"], "dtype.backend=bnb: expected one of lab"),
     (["dtype=nf4", "dtype.backend=lab", "dtype.blocksize=48"], "dtype.blocksize=48: backend lab supports 32, 64"),
