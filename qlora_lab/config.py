@@ -272,6 +272,24 @@ class MmluConfig:
 
 
 @dataclass
+class PplConfig:
+    """Perplexity of a text corpus (on when `path` or `hub_id` is set); else of the held-out split."""
+
+    path: Optional[str] = None  # a folder of .txt files
+    hub_id: Optional[str] = None  # or a hub dataset (e.g. a Pile Common Crawl sample)
+    hub_config: Optional[str] = None
+    text_field: str = "text"
+    seq_len: int = 512  # tokens per window
+    max_tokens: int = 100_000  # tokens scored at most
+
+    def validate(self) -> None:
+        if self.path is not None and not Path(self.path).is_dir():
+            raise ConfigError("eval.ppl.path", self.path, "no such folder")
+        _positive("eval.ppl.seq_len", self.seq_len)
+        _positive("eval.ppl.max_tokens", self.max_tokens)
+
+
+@dataclass
 class EvalConfig:
     """What is measured after training: held-out loss/perplexity, RougeL of generations, MMLU."""
 
@@ -280,12 +298,22 @@ class EvalConfig:
     n_generate: int = 4  # held-out examples answered greedily and scored by RougeL (0: none)
     max_new_tokens: int = 64  # generation length cap
     mmlu: MmluConfig = field(default_factory=MmluConfig)
+    ppl: PplConfig = field(default_factory=PplConfig)
+    prompts: Optional[str] = None  # JSONL of id, prompt[, reference]: answered into generations.jsonl for judging
+    prompt_template: str = "{prompt}"  # how a prompt is put to the model (Guanaco: "### Human: {prompt}### Assistant:")
+    sampling: str = "greedy"  # greedy | paper (top-p 0.9, temperature 0.7), seeded by train.seed
 
     def validate(self) -> None:
         _positive("eval.batch_size", self.batch_size)
         _at_least("eval.n_generate", self.n_generate, 0)
         _positive("eval.max_new_tokens", self.max_new_tokens)
+        _choice("eval.sampling", self.sampling, ("greedy", "paper"))
+        if self.prompts is not None and not Path(self.prompts).is_file():
+            raise ConfigError("eval.prompts", self.prompts, "no such file")
+        if "{prompt}" not in self.prompt_template:
+            raise ConfigError("eval.prompt_template", self.prompt_template, "must contain {prompt}")
         self.mmlu.validate()
+        self.ppl.validate()
 
 
 @dataclass

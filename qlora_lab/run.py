@@ -111,23 +111,45 @@ def _train(config: RunConfig, built, examples: list[dict], run_dir: Path, record
 def _evaluate(config: RunConfig, built, encode, eval_pairs, run_dir: Path, record: Record) -> None:
     from qlora_lab.evaluate.loss import heldout_loss
     from qlora_lab.evaluate.rouge import generate_answers, rouge_l
-
     from qlora_lab.model.quantize import compute_autocast
 
-    ec = config.eval
+    ec, tc = config.eval, config.train
     device = next(built.model.parameters()).device.type
+    answer = lambda pairs, ids: generate_answers(built.model, built.tokenizer, pairs, ec.max_new_tokens,
+                                                 tc.source_max_len, ids=ids, sampling=ec.sampling, seed=tc.seed)
     with compute_autocast(config.dtype.compute_dtype, device):
         if ec.loss:
             loss, ppl = heldout_loss(built.model, encode(eval_pairs), built.tokenizer.pad_token_id, ec.batch_size)
-            record.metrics.update(eval_loss=loss, ppl=ppl)
-        rows = generate_answers(built.model, built.tokenizer, eval_pairs[: ec.n_generate], ec.max_new_tokens,
-                                config.train.source_max_len)
+            record.metrics.update(eval_loss=loss, ppl=ppl, ppl_on="heldout")
+        if ec.ppl.path or ec.ppl.hub_id:
+            record.metrics.update(_corpus_ppl(built, ec))
         if ec.mmlu.path:
             record.metrics.update(_mmlu(built, ec.mmlu))
+        heldout = answer(eval_pairs[: ec.n_generate], [f"heldout-{i}" for i in range(min(ec.n_generate, len(eval_pairs)))])
+        prompted = []
+        if ec.prompts:
+            from qlora_lab.evaluate.rouge import read_prompts
+
+            asked = read_prompts(Path(ec.prompts))
+            prompted = answer([(ec.prompt_template.format(prompt=r["prompt"]), r.get("reference")) for r in asked],
+                              [r["id"] for r in asked])
+            prompted = [{**row, "prompt": r["prompt"]} for row, r in zip(prompted, asked)]  # the question as asked
+    rows = [{**r, "set": "heldout"} for r in heldout] + [{**r, "set": "prompts"} for r in prompted]
     if rows:
         with open(run_dir / "generations.jsonl", "w", encoding="utf-8") as handle:
             handle.writelines(json.dumps(row) + "\n" for row in rows)
-        record.metrics["rougeL"] = rouge_l(rows)
+    if heldout:
+        record.metrics["rougeL"] = rouge_l(heldout)
+
+
+def _corpus_ppl(built, ec) -> dict:
+    from qlora_lab.evaluate.perplexity import corpus_perplexity, corpus_texts
+
+    texts = corpus_texts(Path(ec.ppl.path) if ec.ppl.path else None, ec.ppl.hub_id, ec.ppl.hub_config,
+                         ec.ppl.text_field)
+    ppl, tokens = corpus_perplexity(built.model, built.tokenizer, texts, ec.ppl.seq_len, ec.ppl.max_tokens,
+                                    ec.batch_size)
+    return {"ppl": ppl, "ppl_on": "corpus", "ppl_tokens": tokens}
 
 
 def _mmlu(built, cfg) -> dict:

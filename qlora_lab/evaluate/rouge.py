@@ -5,23 +5,40 @@ from __future__ import annotations
 import torch
 
 
+# The paper's sampling for the answers it judged: nucleus 0.9, temperature 0.7.
+SAMPLING = {"greedy": {"do_sample": False}, "paper": {"do_sample": True, "top_p": 0.9, "temperature": 0.7}}
+
+
 @torch.no_grad()
-def generate_answers(model, tokenizer, pairs: list[tuple[str, str]], max_new_tokens: int,
-                     source_max_len: int) -> list[dict]:
-    """One greedy answer per (source, reference) pair, as generations.jsonl rows."""
+def generate_answers(model, tokenizer, pairs: list[tuple[str, str]], max_new_tokens: int, source_max_len: int,
+                     ids: list | None = None, sampling: str = "greedy", seed: int = 0) -> list[dict]:
+    """One answer per (source, reference) pair, as generations.jsonl rows; sampling is seeded."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    torch.manual_seed(seed)
     rows = []
     for index, (source, reference) in enumerate(pairs):
-        ids = tokenizer(tokenizer.bos_token + source, max_length=source_max_len, truncation=True,
-                        add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id)
-        answer = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-        rows.append({"id": index, "prompt": source, "reference": reference, "generation": answer})
+        tokens = tokenizer(tokenizer.bos_token + source, max_length=source_max_len, truncation=True,
+                           add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
+        out = model.generate(input_ids=tokens, attention_mask=torch.ones_like(tokens), max_new_tokens=max_new_tokens,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                             **SAMPLING[sampling])
+        answer = tokenizer.decode(out[0, tokens.shape[1]:], skip_special_tokens=True)
+        rows.append({"id": index if ids is None else ids[index], "prompt": source, "reference": reference,
+                     "generation": answer})
     model.train(was_training)
+    return rows
+
+
+def read_prompts(path) -> list[dict]:
+    """A prompts JSONL: id, prompt and an optional reference per line."""
+    from qlora_lab.data.load import read_json_rows
+
+    rows = read_json_rows(path)
+    for number, row in enumerate(rows, start=1):
+        if "id" not in row or "prompt" not in row:
+            raise ValueError(f"{path}: row {number} lacks id or prompt; expected fields: id, prompt, reference (optional)")
     return rows
 
 

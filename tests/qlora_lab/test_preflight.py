@@ -9,6 +9,10 @@ from qlora_lab.preflight import check_command_line
 from qlora_lab.train import CONF_DIR
 
 CASES = [
+    (["eval.sampling=beam"], "eval.sampling=beam: expected one of greedy, paper"),
+    (["eval.prompts=/no/prompts.jsonl"], "eval.prompts=/no/prompts.jsonl: no such file"),
+    (["eval.prompt_template=hello"], "eval.prompt_template=hello: must contain {prompt}"),
+    (["eval.ppl.path=/no/corpus"], "eval.ppl.path=/no/corpus: no such folder"),
     (["eval.mmlu.split=dev"], "eval.mmlu.split=dev: expected one of test, val"),
     (["eval.mmlu.shots=3"], "eval.mmlu.shots=3: expected one of 0, 5"),
     (["eval.mmlu.path=/no/mmlu"], "eval.mmlu.path=/no/mmlu: no such folder (or use eval.mmlu.path=hub)"),
