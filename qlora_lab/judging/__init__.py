@@ -1,0 +1,1 @@
+"""Pairwise judging of the runs of a sweep: pairs, judges, judgments, relative scores."""
