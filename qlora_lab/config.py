@@ -19,6 +19,9 @@ from qlora_lab.model.dtypes import CUSTOM, DTYPES, available_backends
 from qlora_lab.model.targets import TARGET_GROUPS, target_names
 
 
+PROMPT_SET_NAMES = ("oasst1",)  # eval.prompts by name (qlora_lab.evaluate.rouge.PROMPT_SETS)
+
+
 class ConfigError(ValueError):
     """A bad config value, said in one line: key, value, what is allowed."""
 
@@ -299,7 +302,7 @@ class EvalConfig:
     max_new_tokens: int = 64  # generation length cap
     mmlu: MmluConfig = field(default_factory=MmluConfig)
     ppl: PplConfig = field(default_factory=PplConfig)
-    prompts: Optional[str] = None  # JSONL of id, prompt[, reference]: answered into generations.jsonl for judging
+    prompts: Optional[str] = None  # JSONL of id, prompt[, reference], or oasst1: answered into generations.jsonl
     prompt_template: str = "{prompt}"  # how a prompt is put to the model (Guanaco: "### Human: {prompt}### Assistant:")
     sampling: str = "greedy"  # greedy | paper (top-p 0.9, temperature 0.7), seeded by train.seed
 
@@ -308,8 +311,9 @@ class EvalConfig:
         _at_least("eval.n_generate", self.n_generate, 0)
         _positive("eval.max_new_tokens", self.max_new_tokens)
         _choice("eval.sampling", self.sampling, ("greedy", "paper"))
-        if self.prompts is not None and not Path(self.prompts).is_file():
-            raise ConfigError("eval.prompts", self.prompts, "no such file")
+        if self.prompts is not None and self.prompts not in PROMPT_SET_NAMES and not Path(self.prompts).is_file():
+            raise ConfigError("eval.prompts", self.prompts,
+                              f"no such file (or a named set: {', '.join(PROMPT_SET_NAMES)})")
         if "{prompt}" not in self.prompt_template:
             raise ConfigError("eval.prompt_template", self.prompt_template, "must contain {prompt}")
         self.mmlu.validate()

@@ -128,9 +128,9 @@ def _evaluate(config: RunConfig, built, encode, eval_pairs, run_dir: Path, recor
         heldout = answer(eval_pairs[: ec.n_generate], [f"heldout-{i}" for i in range(min(ec.n_generate, len(eval_pairs)))])
         prompted = []
         if ec.prompts:
-            from qlora_lab.evaluate.rouge import read_prompts
+            from qlora_lab.evaluate.rouge import PROMPT_SETS, named_prompts, read_prompts
 
-            asked = read_prompts(Path(ec.prompts))
+            asked = named_prompts(ec.prompts) if ec.prompts in PROMPT_SETS else read_prompts(Path(ec.prompts))
             prompted = answer([(ec.prompt_template.format(prompt=r["prompt"]), r.get("reference")) for r in asked],
                               [r["id"] for r in asked])
             prompted = [{**row, "prompt": r["prompt"]} for row, r in zip(prompted, asked)]  # the question as asked

@@ -74,3 +74,12 @@ def test_eval_only_run_with_corpus_and_prompts(tmp_path):
     assert [r["id"] for r in prompted] == ["q1", "q2", "q3"]
     assert prompted[0]["prompt"] == "How do I reverse a list in Python?" and prompted[2]["reference"] is None
     assert [r["id"] for r in rows if r["set"] == "heldout"] == ["heldout-0"]
+
+
+def test_the_oasst1_prompt_set_is_each_threads_first_question():
+    from qlora_lab.evaluate.rouge import PROMPT_SETS, first_human_turn
+
+    threads = [json.loads(line)["text"] for line in (FIXTURES / "datasets" / "oasst1.jsonl").read_text().splitlines()]
+    assert [first_human_turn(t) for t in threads] == ["Can you recommend a book on astronomy?",
+                                                      "How many legs does a spider have?", "Say hello in Spanish."]
+    assert PROMPT_SETS["oasst1"]["hub_id"] == "timdettmers/openassistant-guanaco"
