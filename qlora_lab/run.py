@@ -68,7 +68,7 @@ def _train_and_evaluate(config: RunConfig, run_dir: Path, record: Record, start:
     record.env = environment("cuda:" + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
     splits = load_splits(config.dataset)  # bad data fails here, before any model is loaded
     record.data = {"name": config.dataset.name, "fingerprint": splits.fingerprint,
-                   "n_train": len(splits.train), "n_eval": len(splits.eval)}
+                   "n_train": len(splits.train), "n_eval": len(splits.eval), "eval_split": splits.eval_split}
     tc = config.train
     load_start = time.perf_counter()
     built = build_model(config.model, config.dtype, config.lora, seed=tc.seed,

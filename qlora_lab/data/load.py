@@ -24,13 +24,31 @@ class Splits:
     train: list[tuple[str, str]]
     eval: list[tuple[str, str]]
     fingerprint: str  # sha256 of the file (or rows) / hub id + datasets' fingerprint
+    eval_split: str = "seeded"  # seeded (n_eval rows split off by split_seed), or the dataset's own split
 
 
 def load_splits(cfg: DatasetConfig) -> Splits:
-    rows, fingerprint = _raw_rows(cfg)
-    fmt = FORMATS[cfg.format]
+    """Train and eval pairs: the dataset's own eval split where it has one (as the paper's code
+    did), else n_eval rows split off by split_seed (the paper: 1024, seed 42)."""
+    rows, fingerprint, own_eval = _raw_rows(cfg)
     if not rows:
         raise DataError(f"dataset={cfg.name}: {cfg.path or cfg.hub_id or cfg.format} holds no rows")
+    pairs = _pairs(cfg, rows)
+    if own_eval is not None:
+        name, eval_rows = own_eval
+        return Splits(train=pairs[: cfg.max_train_samples], eval=_pairs(cfg, eval_rows)[: cfg.max_eval_samples],
+                      fingerprint=fingerprint, eval_split=name)
+    if len(pairs) <= cfg.n_eval:
+        raise DataError(f"dataset.n_eval={cfg.n_eval} leaves no training rows: dataset={cfg.name} has {len(pairs)}")
+    order = list(range(len(pairs)))
+    random.Random(cfg.split_seed).shuffle(order)
+    eval_pairs = [pairs[i] for i in order[: cfg.n_eval]][: cfg.max_eval_samples]
+    train_pairs = [pairs[i] for i in sorted(order[cfg.n_eval :])][: cfg.max_train_samples]
+    return Splits(train=train_pairs, eval=eval_pairs, fingerprint=fingerprint)
+
+
+def _pairs(cfg: DatasetConfig, rows: list[dict]) -> list[tuple[str, str]]:
+    fmt = FORMATS[cfg.format]
     pairs = []
     for index, raw in enumerate(rows):
         for row in _exploded(fmt, raw, cfg, index):
@@ -42,13 +60,7 @@ def load_splits(cfg: DatasetConfig) -> Splits:
                 pairs.append(fmt.to_pair(row))
             except ValueError as err:
                 raise DataError(f"dataset={cfg.name}: row {index + 1}: {err}") from None
-    if len(pairs) <= cfg.n_eval:
-        raise DataError(f"dataset.n_eval={cfg.n_eval} leaves no training rows: dataset={cfg.name} has {len(pairs)}")
-    order = list(range(len(pairs)))
-    random.Random(cfg.split_seed).shuffle(order)
-    eval_pairs = [pairs[i] for i in order[: cfg.n_eval]][: cfg.max_eval_samples]
-    train_pairs = [pairs[i] for i in sorted(order[cfg.n_eval :])][: cfg.max_train_samples]
-    return Splits(train=train_pairs, eval=eval_pairs, fingerprint=fingerprint)
+    return pairs
 
 
 def _exploded(fmt, raw: dict, cfg: DatasetConfig, index: int) -> list[dict]:
@@ -64,7 +76,11 @@ def _field_list(fmt) -> str:
     return ", ".join(list(fmt.fields) + [f"{name} (optional)" for name in fmt.optional])
 
 
-def _raw_rows(cfg: DatasetConfig) -> tuple[list[dict], str]:
+EVAL_SPLITS = ("eval", "validation", "test")  # a dataset's own eval split, first found
+
+
+def _raw_rows(cfg: DatasetConfig) -> tuple[list[dict], str, tuple[str, list[dict]] | None]:
+    """(train rows, fingerprint, (name, rows) of the dataset's own eval split or None)."""
     if cfg.path is not None:
         path = Path(cfg.path)
         digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
@@ -72,16 +88,18 @@ def _raw_rows(cfg: DatasetConfig) -> tuple[list[dict], str]:
             import datasets
 
             table = datasets.load_dataset(path.suffix[1:], data_files=str(path), split="train")
-            return list(table), digest
-        return read_json_rows(path), digest
+            return list(table), digest, None
+        return read_json_rows(path), digest, None
     if cfg.format == "stdlib":
         rows = stdlib.instruction_rows()
         digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
-        return rows, "sha256:" + digest
-    import datasets  # the real hub path: needs the network, never taken in tests
+        return rows, "sha256:" + digest, None
+    import datasets  # the hub (or a local dataset folder named as hub_id)
 
-    hub = datasets.load_dataset(cfg.hub_id, cfg.hub_config, data_files=cfg.hub_files, split="train")
-    return list(hub), f"{cfg.hub_id}@{hub._fingerprint}"
+    hub = datasets.load_dataset(cfg.hub_id, cfg.hub_config, data_files=cfg.hub_files)
+    own = next((name for name in EVAL_SPLITS if name in hub), None)
+    return (list(hub["train"]), f"{cfg.hub_id}@{hub['train']._fingerprint}",
+            (own, list(hub[own])) if own else None)
 
 
 def read_json_rows(path: Path) -> list[dict]:

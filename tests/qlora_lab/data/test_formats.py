@@ -85,3 +85,18 @@ def test_a_row_in_another_layout_names_the_expected_fields(tmp_path):
     with pytest.raises(DataError, match=r"dataset=super_natural: row 1 lacks definition, inputs, targets; "
                                          r"expected fields: definition, inputs, targets"):
         load_splits(dataset_config("super_natural", DATA / "longform.jsonl"))
+
+
+def test_a_hub_dataset_with_its_own_test_split_keeps_it(tmp_path):
+    """The hub path, exercised offline: datasets.load_dataset also loads a local dataset folder."""
+    threads = (DATA / "oasst1.jsonl").read_text().splitlines()
+    folder = tmp_path / "guanaco"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("\n".join(threads[:2]) + "\n")
+    (folder / "test.jsonl").write_text(threads[2] + "\n")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["dataset=oasst1", f"dataset.hub_id={folder}"])
+    splits = load_splits(run_config(cfg).dataset)
+    assert splits.eval_split == "test"
+    assert splits.eval == [("", "### Human: Say hello in Spanish.### Assistant: Hola.")] and len(splits.train) == 2
+    assert splits.fingerprint.startswith(f"{folder}@")
