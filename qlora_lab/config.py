@@ -15,34 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from qlora_lab.config_checks import NO_VALUE, ConfigError, at_least, choice, positive, positive_float
 from qlora_lab.model.dtypes import CUSTOM, DTYPES, available_backends
 from qlora_lab.model.targets import TARGET_GROUPS, target_names
 
 
 PROMPT_SET_NAMES = ("oasst1",)  # eval.prompts by name (qlora_lab.evaluate.rouge.PROMPT_SETS)
-
-
-class ConfigError(ValueError):
-    """A bad config value, said in one line: key, value, what is allowed."""
-
-    def __init__(self, key: str, value: Any, allowed: str):
-        said = f"{key}: {allowed}" if value is _NO_VALUE else f"{key}={_shown(value)}: {allowed}"
-        super().__init__(said)
-        self.key, self.value, self.allowed = key, value, allowed
-
-
-_NO_VALUE = object()  # for keys that are wrong whatever their value (unknown, missing)
-
-
-def _shown(value: Any) -> str:
-    """As it would be typed on the command line: nf5, 0, [q_proj,foo], null."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list):
-        return "[" + ",".join(_shown(v) for v in value) + "]"
-    return str(value)
 
 
 @dataclass
@@ -91,22 +69,22 @@ class ModelConfig:
     resources: Resources = field(default_factory=Resources)
 
     def validate(self) -> None:
-        _choice("model.source", self.source, ("build", "pretrained"))
-        _choice("model.family", self.family, sorted(TARGET_GROUPS))
+        choice("model.source", self.source, ("build", "pretrained"))
+        choice("model.family", self.family, sorted(TARGET_GROUPS))
         if self.source == "build" and (self.arch is None or self.pretrain is None):
             raise ConfigError("model.arch", self.arch, "source=build needs model.arch and model.pretrain")
         if self.source == "pretrained" and not self.path:
             raise ConfigError("model.path", self.path, "source=pretrained needs a hub id or a local folder")
         if self.arch is not None:
             for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "max_seq_len"):
-                _positive(f"model.arch.{key}", getattr(self.arch, key))
+                positive(f"model.arch.{key}", getattr(self.arch, key))
             if self.arch.hidden_size % self.arch.num_heads:
                 raise ConfigError("model.arch.num_heads", self.arch.num_heads, "must divide model.arch.hidden_size")
         if self.pretrain is not None:
             for key in ("batch_size", "seq_len"):
-                _positive(f"model.pretrain.{key}", getattr(self.pretrain, key))
-            _at_least("model.pretrain.steps", self.pretrain.steps, 0)
-            _positive_float("model.pretrain.learning_rate", self.pretrain.learning_rate)
+                positive(f"model.pretrain.{key}", getattr(self.pretrain, key))
+            at_least("model.pretrain.steps", self.pretrain.steps, 0)
+            positive_float("model.pretrain.learning_rate", self.pretrain.learning_rate)
 
 
 @dataclass
@@ -127,7 +105,7 @@ class DatasetConfig:
     def validate(self) -> None:
         from qlora_lab.data.formats import FORMATS
 
-        _choice("dataset.format", self.format, sorted(FORMATS))
+        choice("dataset.format", self.format, sorted(FORMATS))
         if self.path is None and self.hub_id is None and self.format != "stdlib":
             raise ConfigError("dataset.path", None, f"dataset={self.name} needs dataset.path=FILE or a hub_id")
         if self.path is not None:
@@ -135,10 +113,10 @@ class DatasetConfig:
                 raise ConfigError("dataset.path", self.path, "no such file")
             if Path(self.path).suffix not in (".json", ".jsonl", ".csv", ".parquet"):
                 raise ConfigError("dataset.path", self.path, "expected a .json, .jsonl, .csv or .parquet file")
-        _positive("dataset.n_eval", self.n_eval)
+        positive("dataset.n_eval", self.n_eval)
         for key in ("max_train_samples", "max_eval_samples"):
             if getattr(self, key) is not None:
-                _positive(f"dataset.{key}", getattr(self, key))
+                positive(f"dataset.{key}", getattr(self, key))
 
 
 @dataclass
@@ -157,9 +135,9 @@ class DTypeConfig:
             self._validate_codebook()
             spec = CUSTOM
         else:
-            _choice("dtype", self.name, sorted(DTYPES))
+            choice("dtype", self.name, sorted(DTYPES))
             spec = DTYPES[self.name]
-        _choice("dtype.backend", self.backend, spec.backends)
+        choice("dtype.backend", self.backend, spec.backends)
         ready = available_backends()
         if self.backend not in ready:
             runnable = [name for name, s in DTYPES.items() if set(s.backends) & set(ready)]
@@ -167,7 +145,7 @@ class DTypeConfig:
                               self.name if self.backend == spec.backends[0] else self.backend,
                               f"needs backend '{self.backend}' (qlora_kernels), which this installation "
                               f"does not have; runnable now: {', '.join(runnable)}")
-        _choice("dtype.compute_dtype", self.compute_dtype, ("bf16", "fp16", "fp32"))
+        choice("dtype.compute_dtype", self.compute_dtype, ("bf16", "fp16", "fp32"))
         if not spec.blockwise:
             for key in ("double_quant", "blocksize"):
                 if getattr(self, key) is not None:
@@ -202,12 +180,12 @@ class LoraConfig:
     targets: Union[str, list] = "all"  # all | qv | attn | mlp | an explicit list of module names
 
     def validate(self, family: str) -> None:
-        _positive("lora.r", self.r)
-        _positive_float("lora.alpha", self.alpha)
+        positive("lora.r", self.r)
+        positive_float("lora.alpha", self.alpha)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError("lora.dropout", self.dropout, "expected a number in [0, 1)")
         if isinstance(self.targets, str):
-            _choice("lora.targets", self.targets, sorted(TARGET_GROUPS[family]) + ["all"])
+            choice("lora.targets", self.targets, sorted(TARGET_GROUPS[family]) + ["all"])
             return
         known = target_names(family, "all")
         if not self.targets:
@@ -240,20 +218,20 @@ class TrainConfig:
     report_to: str = "wandb"  # wandb (offline unless WANDB_MODE says otherwise) | none
 
     def validate(self) -> None:
-        _at_least("train.max_steps", self.max_steps, 0)
-        _at_least("train.save_steps", self.save_steps, 0)
+        at_least("train.max_steps", self.max_steps, 0)
+        at_least("train.save_steps", self.save_steps, 0)
         for key in ("batch_size", "grad_accum_steps", "source_max_len", "target_max_len"):
-            _positive(f"train.{key}", getattr(self, key))
-        _positive_float("train.learning_rate", self.learning_rate)
-        _positive_float("train.max_grad_norm", self.max_grad_norm)
+            positive(f"train.{key}", getattr(self, key))
+        positive_float("train.learning_rate", self.learning_rate)
+        positive_float("train.max_grad_norm", self.max_grad_norm)
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError("train.warmup_ratio", self.warmup_ratio, "expected a number in [0, 1)")
         if self.weight_decay < 0:
             raise ConfigError("train.weight_decay", self.weight_decay, "expected a number >= 0")
-        _choice("train.lr_scheduler", self.lr_scheduler, ("constant", "linear", "cosine"))
-        _choice("train.optimizer", self.optimizer,
+        choice("train.lr_scheduler", self.lr_scheduler, ("constant", "linear", "cosine"))
+        choice("train.optimizer", self.optimizer,
                 ("paged_adamw_32bit", "paged_adamw_8bit", "adamw_torch", "adamw_bnb_8bit"))
-        _choice("train.report_to", self.report_to, ("wandb", "none"))
+        choice("train.report_to", self.report_to, ("wandb", "none"))
 
 
 @dataclass
@@ -267,9 +245,9 @@ class MmluConfig:
     batch_size: int = 8  # questions per forward after the shared prefix
 
     def validate(self) -> None:
-        _choice("eval.mmlu.split", self.split, ("test", "val"))
-        _choice("eval.mmlu.shots", self.shots, (0, 5))
-        _positive("eval.mmlu.batch_size", self.batch_size)
+        choice("eval.mmlu.split", self.split, ("test", "val"))
+        choice("eval.mmlu.shots", self.shots, (0, 5))
+        positive("eval.mmlu.batch_size", self.batch_size)
         if self.path not in (None, "hub") and not Path(self.path).is_dir():
             raise ConfigError("eval.mmlu.path", self.path, "no such folder (or use eval.mmlu.path=hub)")
 
@@ -288,8 +266,8 @@ class PplConfig:
     def validate(self) -> None:
         if self.path is not None and not Path(self.path).is_dir():
             raise ConfigError("eval.ppl.path", self.path, "no such folder")
-        _positive("eval.ppl.seq_len", self.seq_len)
-        _positive("eval.ppl.max_tokens", self.max_tokens)
+        positive("eval.ppl.seq_len", self.seq_len)
+        positive("eval.ppl.max_tokens", self.max_tokens)
 
 
 @dataclass
@@ -307,10 +285,10 @@ class EvalConfig:
     sampling: str = "greedy"  # greedy | paper (top-p 0.9, temperature 0.7), seeded by train.seed
 
     def validate(self) -> None:
-        _positive("eval.batch_size", self.batch_size)
-        _at_least("eval.n_generate", self.n_generate, 0)
-        _positive("eval.max_new_tokens", self.max_new_tokens)
-        _choice("eval.sampling", self.sampling, ("greedy", "paper"))
+        positive("eval.batch_size", self.batch_size)
+        at_least("eval.n_generate", self.n_generate, 0)
+        positive("eval.max_new_tokens", self.max_new_tokens)
+        choice("eval.sampling", self.sampling, ("greedy", "paper"))
         if self.prompts is not None and self.prompts not in PROMPT_SET_NAMES and not Path(self.prompts).is_file():
             raise ConfigError("eval.prompts", self.prompts,
                               f"no such file (or a named set: {', '.join(PROMPT_SET_NAMES)})")
@@ -355,11 +333,11 @@ def run_config(cfg: Any) -> RunConfig:
     hints = typing.get_type_hints(RunConfig)
     unknown = sorted(set(tree) - set(hints))
     if unknown:
-        raise ConfigError(unknown[0], _NO_VALUE, f"unknown top-level key; expected one of {', '.join(hints)}")
+        raise ConfigError(unknown[0], NO_VALUE, f"unknown top-level key; expected one of {', '.join(hints)}")
     groups = {}
     for name, cls in hints.items():
         if name not in tree:
-            raise ConfigError(name, _NO_VALUE, f"no {name} group chosen")
+            raise ConfigError(name, NO_VALUE, f"no {name} group chosen")
         groups[name] = _build(cls, tree[name], name)
     config = RunConfig(**groups)
     config.validate()
@@ -372,7 +350,7 @@ def _build(cls: type, node: Any, key: str) -> Any:
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(node) - set(hints))
     if unknown:
-        raise ConfigError(f"{key}.{unknown[0]}", _NO_VALUE, f"unknown key; expected one of {', '.join(hints)}")
+        raise ConfigError(f"{key}.{unknown[0]}", NO_VALUE, f"unknown key; expected one of {', '.join(hints)}")
     return cls(**{name: _coerce(node[name], hints[name], f"{key}.{name}") for name in node})
 
 
@@ -415,23 +393,3 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(key, value, "expected a list of names")
         return list(value)
     raise TypeError(f"config field {key} has an unsupported type {hint!r}")
-
-
-def _choice(key: str, value: Any, allowed: Any) -> None:
-    if value not in allowed:
-        raise ConfigError(key, value, f"expected one of {', '.join(map(str, allowed))}")
-
-
-def _positive(key: str, value: int) -> None:
-    if value <= 0:
-        raise ConfigError(key, value, "expected an integer > 0")
-
-
-def _at_least(key: str, value: int, low: int) -> None:
-    if value < low:
-        raise ConfigError(key, value, f"expected an integer >= {low}")
-
-
-def _positive_float(key: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(key, value, "expected a number > 0")
