@@ -64,7 +64,6 @@ def fit(model, tokenizer, examples: list[dict], cfg: TrainConfig, compute_dtype:
         run_name: str) -> FitResult:
     """max_steps optimizer steps; resumes from the newest checkpoint in the run folder."""
     from transformers import Trainer, TrainerCallback
-    from transformers.trainer_utils import get_last_checkpoint
 
     out_dir = run_dir / "checkpoints"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -79,7 +78,7 @@ def fit(model, tokenizer, examples: list[dict], cfg: TrainConfig, compute_dtype:
 
     trainer = Trainer(model=model, args=args, train_dataset=examples,
                       data_collator=PadCollator(tokenizer.pad_token_id), callbacks=[FirstStep()])
-    trainer.train(resume_from_checkpoint=get_last_checkpoint(str(out_dir)))
+    trainer.train(resume_from_checkpoint=resume_point(out_dir, cfg.max_steps))
     train_s = time.perf_counter() - start
     # accelerate leaves its mixed-precision autocast wrapped around model.forward; evaluation
     # must see the same model an eval-only run or a reloaded adapter sees.
@@ -95,6 +94,15 @@ def process_start_time() -> float:
     import psutil
 
     return psutil.Process().create_time()
+
+
+def resume_point(out_dir: Path, max_steps: int) -> str | None:
+    """The newest checkpoint before the last step. One at max_steps (the Trainer saves the
+    final step) is not resumed from: transformers then trains a step past max_steps, so such a
+    run (finished training, failed later) trains again from the start, which repeats exactly."""
+    steps = sorted(int(p.name.split("-")[1]) for p in out_dir.glob("checkpoint-*") if p.name.split("-")[1].isdigit())
+    usable = [s for s in steps if s < max_steps]
+    return str(out_dir / f"checkpoint-{usable[-1]}") if usable else None
 
 
 def window_mean(losses: list[float], which: str) -> float | None:

@@ -30,6 +30,7 @@ def check_command_line(argv: list[str], conf_dir: Path) -> str | None:
         parsed = OverridesParser.create().parse_overrides(args.overrides)
     except HydraException as err:
         return f"cannot parse the overrides: {str(err).splitlines()[0]}"
+    parsed = parsed + _sweep_file_axes(args.overrides, conf_dir)
     axes = []
     for override in parsed:
         if override.is_sweep_override():
@@ -47,6 +48,27 @@ def check_command_line(argv: list[str], conf_dir: Path) -> str | None:
         if problem:
             return problem
     return None
+
+
+def _sweep_file_axes(overrides: list[str], conf_dir: Path) -> list:
+    """The axes a sweep file (`+sweep=NAME`) declares in hydra.sweeper.params, so that its
+    values are checked like the command line's (the command line's own value wins)."""
+    if not any(o.lstrip("+").startswith("sweep=") for o in overrides):
+        return []
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from qlora_lab.sweep_files import sweep_params
+
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    except HydraException:
+        return []  # the per-value checks below name the problem
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    declared = [p for p in sweep_params(cfg) if p.split("=", 1)[0] not in given]
+    return OverridesParser.create().parse_overrides(declared)
 
 
 def _check_one(overrides: list[str], conf_dir: Path) -> str | None:

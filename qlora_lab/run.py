@@ -21,8 +21,14 @@ from qlora_lab.records import Record, environment, run_id, utc_now, write_record
 log = logging.getLogger("qlora_lab")
 
 
+LAUNCH_ENV = "QLORA_LAB_LAUNCH"  # set by the launching process; jobs stamp their folder with it
+LAUNCH_STAMPS = ".launches"  # one line per launch that ran (or reused) this folder
+
+
 def run_task(cfg, run_dir: Path, overrides: list[str]) -> Record:
     """A composed DictConfig -> a record; a bad config leaves a failed record too."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stamp(run_dir, "started")
     try:
         config = run_config(cfg)
     except ConfigError as err:
@@ -35,7 +41,51 @@ def run_task(cfg, run_dir: Path, overrides: list[str]) -> Record:
 
 
 def run(config: RunConfig, run_dir: Path, overrides: list[str]) -> Record:
+    """Train, evaluate, record; a folder that already holds an ok record of this very config
+    is reused as it is (a relaunched sweep redoes only failed and unfinished runs)."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):  # two launches of one sweep at once: the second waits, then reuses
+        done = _reusable(run_dir, run_id(config.to_dict()))
+        if done is not None:
+            log.info("run %s: reusing its ok record (run_id %s)", run_dir, done.run_id)
+            stamp(run_dir, "reused")
+            return done
+        return _run(config, run_dir, overrides)
+
+
+def stamp(run_dir: Path, what: str) -> None:
+    """'<launch id> started|reused', appended: concurrent launches each keep their lines."""
+    with open(run_dir / LAUNCH_STAMPS, "a", encoding="utf-8") as stamps:
+        stamps.write(f"{os.environ.get(LAUNCH_ENV, '')} {what}\n")
+
+
+def run_lock(run_dir: Path):
+    import fcntl
+    from contextlib import contextmanager
+
+    @contextmanager
+    def held():
+        with open(run_dir / ".lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    return held()
+
+
+def _reusable(run_dir: Path, wanted: str) -> Record | None:
+    from qlora_lab.records import RECORD_NAME, RecordError, read_record
+
+    try:
+        record = read_record(run_dir / RECORD_NAME)
+    except (OSError, ValueError, RecordError):
+        return None
+    return record if record.status == "ok" and record.run_id == wanted else None
+
+
+def _run(config: RunConfig, run_dir: Path, overrides: list[str]) -> Record:
     (run_dir / "traceback.txt").unlink(missing_ok=True)  # a rerun's folder holds only its own failure
     record = Record(run_id=run_id(config.to_dict()), overrides=overrides, config=config.to_dict(),
                     started_at=utc_now())

@@ -6,6 +6,7 @@ and the exit status come from what the runs wrote, never from launcher internals
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -13,24 +14,37 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from qlora_lab.records import RECORD_NAME, Record, read_record
+from qlora_lab.run import LAUNCH_ENV, LAUNCH_STAMPS
 
-_launch = {"started": None, "failed": []}
+_launch = {"id": None, "failed": []}
+
+
+def _start_launch() -> None:
+    """A fresh launch id, inherited by every job (in-process or spawned by submitit)."""
+    _launch.update(id=f"{time.time():.6f}-{os.getpid()}", failed=[])
+    os.environ[LAUNCH_ENV] = _launch["id"]
 
 
 class SweepSummary(Callback):
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
-        _launch.update(started=time.time(), failed=[])
+        _start_launch()
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        _launch.update(started=time.time(), failed=[])
+        _start_launch()
 
     def on_run_end(self, config: Any, **kwargs: Any) -> None:
         _report([Path(config.hydra.runtime.output_dir)])
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        run_dirs = sorted((p.parent for p in sweep_dir.glob(f"*/{RECORD_NAME}")), key=_job_order)
+        stamps = sweep_dir.glob(f"*/{LAUNCH_STAMPS}")
+        run_dirs = sorted((p.parent for p in stamps if _launch["id"] in p.read_text().split()), key=_job_order)
         _report(run_dirs)
+
+
+def _reused_here(run_dir: Path) -> bool:
+    path = run_dir / LAUNCH_STAMPS
+    return path.exists() and f"{_launch['id']} reused" in path.read_text().splitlines()
 
 
 def exit_code() -> int:
@@ -43,16 +57,10 @@ def _job_order(path: Path) -> tuple:
 
 
 def _report(run_dirs: list[Path]) -> None:
-    started = _launch["started"] or 0.0
-    records = []
-    for run_dir in run_dirs:
-        path = run_dir / RECORD_NAME
-        if not path.exists():
-            records.append((run_dir, None))
-        elif path.stat().st_mtime >= started - 1:  # written by this launch
-            records.append((run_dir, read_record(path)))
+    records = [(d, read_record(d / RECORD_NAME) if (d / RECORD_NAME).exists() else None) for d in run_dirs]
     _launch["failed"] = [str(d) for d, r in records if r is None or r.status != "ok"]
-    for line in summary_lines(records):
+    reused = {str(d) for d, _ in records if _reused_here(d)}
+    for line in summary_lines(records, reused=reused):
         print(line, flush=True)
 
 
@@ -60,7 +68,7 @@ def _num(value: Any, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def summary_lines(records: list[tuple[Path, Record | None]]) -> list[str]:
+def summary_lines(records: list[tuple[Path, Record | None]], reused: set[str] = frozenset()) -> list[str]:
     """A table a person reads and `awk` parses: one row per run, then failures in full."""
     header = ("run", "status", "loss_first", "loss_last", "eval_loss", "bits/param", "tokens/s", "overrides")
     rows = [header]
@@ -78,5 +86,6 @@ def summary_lines(records: list[tuple[Path, Record | None]]) -> list[str]:
     for run_dir, rec in failed:
         lines.append(f"FAILED {run_dir}: {rec.error if rec else 'no record written'}")
     ok = len(records) - len(failed)
-    lines.append(f"{len(records)} runs: {ok} ok, {len(failed)} failed")
+    n_reused = sum(1 for d, r in records if r is not None and r.status == "ok" and str(d) in reused)
+    lines.append(f"{len(records)} runs: {ok} ok{f' ({n_reused} reused)' if n_reused else ''}, {len(failed)} failed")
     return lines

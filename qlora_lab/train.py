@@ -27,7 +27,9 @@ def task(cfg: DictConfig) -> str:
 def main() -> None:
     from qlora_lab import sweep_summary
     from qlora_lab.preflight import check_command_line
+    from qlora_lab.sweep_files import register_sweep_files
 
+    register_sweep_files()
     problem = check_command_line(sys.argv[1:], CONF_DIR)
     if problem:
         print(f"error: {problem}", file=sys.stderr)

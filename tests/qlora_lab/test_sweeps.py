@@ -1,0 +1,64 @@
+"""Sweep files (-m +sweep=NAME) and idempotent relaunch: ok runs are reused, failed ones redone,
+two launches at once train each run once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import records_under, run_cli
+from qlora_lab.preflight import check_command_line
+from qlora_lab.sweep_files import register_sweep_files
+from qlora_lab.train import CONF_DIR
+
+FAST = ["train.max_steps=2", "eval.n_generate=0", "eval.loss=false", "train.report_to=none"]
+
+
+def test_smoke_sweep_relaunch_reuses_ok_runs_and_redoes_failed_ones(tmp_path):
+    sweep = tmp_path / "sweep"
+    first = run_cli("-m", "+sweep=smoke", *FAST, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stdout.strip().splitlines()[-1] == "4 runs: 4 ok, 0 failed"
+    records = records_under(sweep)
+    assert {(r["config"]["dtype"]["name"], r["config"]["lora"]["targets"]) for r in records.values()} == {
+        ("nf4", "all"), ("nf4", "qv"), ("fp4", "all"), ("fp4", "qv")}
+    again = run_cli("-m", "+sweep=smoke", *FAST, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert again.stdout.strip().splitlines()[-1] == "4 runs: 4 ok (4 reused), 0 failed"
+    assert records_under(sweep) == records  # untouched
+    broken = json.loads((sweep / "2" / "record.json").read_text())
+    (sweep / "2" / "record.json").write_text(json.dumps({**broken, "status": "failed", "error": "X: preempted"}))
+    third = run_cli("-m", "+sweep=smoke", *FAST, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert third.stdout.strip().splitlines()[-1] == "4 runs: 4 ok (3 reused), 0 failed"
+    redone = records_under(sweep)["2"]
+    assert redone["status"] == "ok" and redone["finished_at"] >= broken["finished_at"]
+    assert redone["metrics"] == broken["metrics"]  # the same seed gives the same numbers
+
+
+def test_two_launches_at_once_train_each_run_once(tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "qlora_lab.train", "-m", "+sweep=smoke", *FAST, f"hydra.sweep.dir={sweep}"]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    lasts = [o.strip().splitlines()[-1] for o in outs]
+    reused = sum(int(line.split("(")[1].split()[0]) if "reused" in line else 0 for line in lasts)
+    assert all(line.startswith("4 runs: 4 ok") for line in lasts) and reused == 4, lasts
+    assert len(records_under(sweep)) == 4 and all(r["status"] == "ok" for r in records_under(sweep).values())
+
+
+def test_a_bad_value_inside_a_sweep_file_is_named_before_launch(tmp_path):
+    (tmp_path / "typo_sweep.yaml").write_text(
+        "# @package _global_\nhydra:\n  sweeper:\n    params:\n      dtype: nf4,nf5\n")
+    register_sweep_files(tmp_path)
+    assert check_command_line(["-m", "+sweep=typo_sweep"], CONF_DIR) == (
+        "dtype=nf5: expected one of bf16, fp32, fp4, fp4_e3m0, int4, int8, nf2, nf3, nf4")
+    assert check_command_line(["-m", "+sweep=typo_sweep", "dtype=fp4"], CONF_DIR) is None  # the command line wins
+
+
+def test_an_unknown_sweep_is_one_line():
+    register_sweep_files()
+    assert check_command_line(["-m", "+sweep=nope"], CONF_DIR).startswith("sweep=nope: expected one of")
