@@ -24,9 +24,8 @@ def cache_dir() -> Path:
 
 
 @contextmanager
-def build_lock(name: str) -> Iterator[None]:
-    """Exclusive lock on `name` across processes (parallel jobs building the same thing)."""
-    lock_path = cache_dir() / f"{name}.lock"
+def file_lock(lock_path: Path) -> Iterator[None]:
+    """Exclusive lock across processes, held while the block runs."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -34,6 +33,11 @@ def build_lock(name: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build_lock(name: str):
+    """Lock on `name` in the cache (parallel jobs building the same thing)."""
+    return file_lock(cache_dir() / f"{name}.lock")
 
 
 def atomic_write_text(path: Path, text: str) -> None:

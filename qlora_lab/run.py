@@ -14,6 +14,7 @@ import time
 import traceback
 from pathlib import Path
 
+from qlora_lab.cache import file_lock
 from qlora_lab.config import ConfigError, RunConfig, run_config
 from qlora_lab.memory import peak_gpu_mb, peak_rss_mb, reset_peak_gpu, reset_peak_rss
 from qlora_lab.records import Record, environment, run_id, utc_now, write_record
@@ -44,7 +45,7 @@ def run(config: RunConfig, run_dir: Path, overrides: list[str]) -> Record:
     """Train, evaluate, record; a folder that already holds an ok record of this very config
     is reused as it is (a relaunched sweep redoes only failed and unfinished runs)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    with run_lock(run_dir):  # two launches of one sweep at once: the second waits, then reuses
+    with file_lock(run_dir / ".lock"):  # two launches of one sweep at once: the second waits, then reuses
         done = _reusable(run_dir, run_id(config.to_dict()))
         if done is not None:
             log.info("run %s: reusing its ok record (run_id %s)", run_dir, done.run_id)
@@ -57,22 +58,6 @@ def stamp(run_dir: Path, what: str) -> None:
     """'<launch id> started|reused', appended: concurrent launches each keep their lines."""
     with open(run_dir / LAUNCH_STAMPS, "a", encoding="utf-8") as stamps:
         stamps.write(f"{os.environ.get(LAUNCH_ENV, '')} {what}\n")
-
-
-def run_lock(run_dir: Path):
-    import fcntl
-    from contextlib import contextmanager
-
-    @contextmanager
-    def held():
-        with open(run_dir / ".lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-    return held()
 
 
 def _reusable(run_dir: Path, wanted: str) -> Record | None:

@@ -38,9 +38,10 @@ def read_runs(sweep_dir: Path, labels: dict[str, str], answer_set: str) -> list[
     for gen in sorted(sweep_dir.glob("**/generations.jsonl")):
         run_dir = gen.parent
         record_path = run_dir / RECORD_NAME
-        if record_path.exists() and read_record(record_path).status != "ok":
+        record = read_record(record_path) if record_path.exists() else None
+        if record is not None and record.status != "ok":
             continue
-        overrides = read_record(record_path).overrides if record_path.exists() else []
+        overrides = record.overrides if record is not None else []
         name = labels.get(run_dir.name) or ",".join(overrides) or run_dir.name
         rows = [json.loads(line) for line in gen.read_text(encoding="utf-8").splitlines() if line.strip()]
         answers = {str(r["id"]): r for r in rows if answer_set == "all" or r.get("set", "heldout") == answer_set}
