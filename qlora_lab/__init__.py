@@ -1,3 +1,17 @@
 """qlora-lab: QLoRA fine-tuning studies as Hydra sweeps that leave one record per run."""
 
+import math
+
+from omegaconf import OmegaConf
+
 __version__ = "0.1.0"
+
+
+def hours_to_minutes(hours: float) -> int:
+    """A model's expected run time in hours -> whole minutes for a scheduler's time limit."""
+    return max(1, int(math.ceil(float(hours) * 60)))
+
+
+# `${hours_to_min:${model.resources.hours}}` in the launcher configs; registered on import so
+# every process that composes or unpickles a launcher (the sweep's and each job's) has it.
+OmegaConf.register_new_resolver("hours_to_min", hours_to_minutes, replace=True)

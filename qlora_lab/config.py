@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from qlora_lab.config_checks import NO_VALUE, ConfigError, at_least, choice, positive, positive_float
-from qlora_lab.model.dtypes import CUSTOM, DTYPES, available_backends
+from qlora_lab.model.dtypes import COMPUTE_DTYPES, CUSTOM, DTYPES, available_backends
 from qlora_lab.model.targets import TARGET_GROUPS, target_names
 
 
+OBJECTIVES = ("eval_loss", "ppl", "rougeL", "mmlu_acc", "train_loss_last")  # eval.objective
 PROMPT_SET_NAMES = ("oasst1",)  # eval.prompts by name (qlora_lab.evaluate.rouge.PROMPT_SETS)
 
 
@@ -30,7 +31,8 @@ class Resources:
     gpus: int = 0  # accelerators per job
     cpus: int = 2  # CPU cores per job
     mem_gb: int = 8  # host memory per job
-    hours: float = 0.1  # wall-clock hours of one default-length run
+    hours: float = 0.1  # wall-clock hours of one default-length run (the job's time limit too)
+    gpu_mem_gb: float = 80  # memory of one GPU of the kind the job asks for (plan checks the fit)
 
 
 @dataclass
@@ -64,7 +66,7 @@ class ModelConfig:
     source: str = "build"  # build: made locally from `arch` + `pretrain`; pretrained: `path`
     path: Optional[str] = None  # hub id or local folder (source=pretrained)
     family: str = "llama"  # architecture family: which module names LoRA targets mean
-    arch: Optional[Arch] = None  # source=build only
+    arch: Optional[Arch] = None  # shape: what source=build builds; for pretrained, what plan estimates with
     pretrain: Optional[Pretrain] = None  # source=build only
     resources: Resources = field(default_factory=Resources)
 
@@ -127,7 +129,7 @@ class DTypeConfig:
     backend: str = "bnb"  # bnb (bitsandbytes via transformers), lab (qlora_kernels), none
     double_quant: Optional[bool] = True  # quantize the block constants too (the paper's DQ)
     blocksize: Optional[int] = 64  # weights per absmax block
-    compute_dtype: str = "bf16"  # dtype of the matmuls and of unquantized weights
+    compute_dtype: str = "auto"  # matmuls and unquantized weights; auto: bf16 where native, else fp32
     codebook: Optional[dict] = None  # backend lab: a codebook spec of your own ({kind: normal_float, bits: 3})
 
     def validate(self) -> None:
@@ -145,7 +147,7 @@ class DTypeConfig:
                               self.name if self.backend == spec.backends[0] else self.backend,
                               f"needs backend '{self.backend}' (qlora_kernels), which this installation "
                               f"does not have; runnable now: {', '.join(runnable)}")
-        choice("dtype.compute_dtype", self.compute_dtype, ("bf16", "fp16", "fp32"))
+        choice("dtype.compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
         if not spec.blockwise:
             for key in ("double_quant", "blocksize"):
                 if getattr(self, key) is not None:
@@ -283,9 +285,11 @@ class EvalConfig:
     prompts: Optional[str] = None  # JSONL of id, prompt[, reference], or oasst1: answered into generations.jsonl
     prompt_template: str = "{prompt}"  # how a prompt is put to the model (Guanaco: "### Human: {prompt}### Assistant:")
     sampling: str = "greedy"  # greedy | paper (top-p 0.9, temperature 0.7), seeded by train.seed
+    objective: str = "eval_loss"  # the metric a run returns to a search sweeper (optuna); not in run_id
 
     def validate(self) -> None:
         positive("eval.batch_size", self.batch_size)
+        choice("eval.objective", self.objective, OBJECTIVES)
         at_least("eval.n_generate", self.n_generate, 0)
         positive("eval.max_new_tokens", self.max_new_tokens)
         choice("eval.sampling", self.sampling, ("greedy", "paper"))

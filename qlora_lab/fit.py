@@ -19,6 +19,10 @@ class FitResult:
     tokens: int  # non-padding input tokens seen
     first_step_s: float | None  # fit() call to the end of the first step
     process_to_first_step_s: float | None  # this process's start to the end of the first step
+    peak_tensor_mb: float | None = None  # peak of torch's tensor allocations while training
+
+
+PEAK_WINDOW_STEPS = 5  # CPU: torch's profiler watches the first steps (optimizer state included)
 
 
 def training_arguments(cfg: TrainConfig, compute_dtype: str, out_dir: Path, run_name: str):
@@ -76,9 +80,13 @@ def fit(model, tokenizer, examples: list[dict], cfg: TrainConfig, compute_dtype:
             if not first_step:
                 first_step.extend([time.perf_counter() - start, time.time() - process_start_time()])
 
+    peak = _tensor_peak_callback()
     trainer = Trainer(model=model, args=args, train_dataset=examples,
-                      data_collator=PadCollator(tokenizer.pad_token_id), callbacks=[FirstStep()])
-    trainer.train(resume_from_checkpoint=resume_point(out_dir, cfg.max_steps))
+                      data_collator=PadCollator(tokenizer.pad_token_id), callbacks=[FirstStep(), peak])
+    try:
+        trainer.train(resume_from_checkpoint=resume_point(out_dir, cfg.max_steps))
+    finally:
+        peak.close()
     train_s = time.perf_counter() - start
     # accelerate leaves its mixed-precision autocast wrapped around model.forward; evaluation
     # must see the same model an eval-only run or a reloaded adapter sees.
@@ -86,7 +94,44 @@ def fit(model, tokenizer, examples: list[dict], cfg: TrainConfig, compute_dtype:
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry and "step" in entry]
     return FitResult(step_losses=losses, train_s=train_s, tokens=int(trainer.state.num_input_tokens_seen),
                      first_step_s=first_step[0] if first_step else None,
-                     process_to_first_step_s=first_step[1] if first_step else None)
+                     process_to_first_step_s=first_step[1] if first_step else None,
+                     peak_tensor_mb=peak.peak_mb())
+
+
+def _tensor_peak_callback():
+    from transformers import TrainerCallback
+
+    from qlora_lab.memory import CpuTensorPeak
+
+    class TensorPeak(TrainerCallback):
+        """The training's peak of tensor allocations: CUDA's statistic on a GPU; on the CPU,
+        torch's profiler over the first PEAK_WINDOW_STEPS steps."""
+
+        def __init__(self) -> None:
+            self.cpu = None if torch.cuda.is_available() else CpuTensorPeak()
+            self.steps = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if self.cpu is not None:
+                self.cpu.start()
+            else:
+                torch.cuda.reset_peak_memory_stats()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.steps += 1
+            if self.cpu is not None and self.steps >= PEAK_WINDOW_STEPS:
+                self.cpu.stop()
+
+        def close(self) -> None:
+            if self.cpu is not None:
+                self.cpu.stop()
+
+        def peak_mb(self) -> float | None:
+            if self.cpu is None:
+                return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+            return None if self.cpu.peak_bytes is None else round(self.cpu.peak_bytes / 2**20, 1)
+
+    return TensorPeak()
 
 
 def process_start_time() -> float:
@@ -97,10 +142,14 @@ def process_start_time() -> float:
 
 
 def resume_point(out_dir: Path, max_steps: int) -> str | None:
-    """The newest checkpoint before the last step. One at max_steps (the Trainer saves the
-    final step) is not resumed from: transformers then trains a step past max_steps, so such a
-    run (finished training, failed later) trains again from the start, which repeats exactly."""
-    steps = sorted(int(p.name.split("-")[1]) for p in out_dir.glob("checkpoint-*") if p.name.split("-")[1].isdigit())
+    """The newest complete checkpoint before the last step.
+
+    Complete: the Trainer writes `trainer_state.json` last, so a checkpoint cut short by a kill
+    is passed over. One at max_steps (the Trainer saves the final step) is not resumed from:
+    transformers then trains a step past max_steps, so such a run (finished training, failed
+    later) trains again from the start, which repeats exactly."""
+    steps = sorted(int(p.name.split("-")[1]) for p in out_dir.glob("checkpoint-*")
+                   if p.name.split("-")[1].isdigit() and (p / "trainer_state.json").is_file())
     usable = [s for s in steps if s < max_steps]
     return str(out_dir / f"checkpoint-{usable[-1]}") if usable else None
 

@@ -30,15 +30,11 @@ def check_command_line(argv: list[str], conf_dir: Path) -> str | None:
         parsed = OverridesParser.create().parse_overrides(args.overrides)
     except HydraException as err:
         return f"cannot parse the overrides: {str(err).splitlines()[0]}"
-    parsed = parsed + _sweep_file_axes(args.overrides, conf_dir)
+    parsed = parsed + sweep_file_axes(args.overrides, conf_dir)
     axes = []
     for override in parsed:
         if override.is_sweep_override():
-            try:
-                values = list(override.sweep_string_iterator())
-            except Exception:  # glob/interval sweeps: let Hydra expand them
-                values = []
-            axes.append([f"{override.get_key_element()}={v}" for v in values] or [override.input_line])
+            axes.append([f"{override.get_key_element()}={v}" for v in _values(override)])
         else:
             axes.append([override.input_line])
     base = [axis[0] for axis in axes]
@@ -50,7 +46,20 @@ def check_command_line(argv: list[str], conf_dir: Path) -> str | None:
     return None
 
 
-def _sweep_file_axes(overrides: list[str], conf_dir: Path) -> list:
+def _values(override) -> list[str]:
+    """The values to check of a swept axis: all of a list, range or choice; an interval's ends."""
+    from hydra.core.override_parser.types import IntervalSweep
+
+    if isinstance(override.value(), IntervalSweep):
+        interval = override.value()
+        return [str(interval.start), str(interval.end)]
+    try:
+        return list(override.sweep_string_iterator())
+    except Exception:  # a glob: Hydra expands it against the config
+        return []
+
+
+def sweep_file_axes(overrides: list[str], conf_dir: Path) -> list:
     """The axes a sweep file (`+sweep=NAME`) declares in hydra.sweeper.params, so that its
     values are checked like the command line's (the command line's own value wins)."""
     if not any(o.lstrip("+").startswith("sweep=") for o in overrides):

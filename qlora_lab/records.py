@@ -34,7 +34,7 @@ class Record:
     data: dict = field(default_factory=dict)  # name, fingerprint, n_train, n_eval
     metrics: dict = field(default_factory=dict)  # train_loss_first/last, eval_loss, ppl, rougeL
     timing: dict = field(default_factory=dict)  # wall_s, train_s, tokens_per_s, ...
-    memory: dict = field(default_factory=dict)  # peak_rss_mb, peak_gpu_mb
+    memory: dict = field(default_factory=dict)  # peak_rss_mb, peak_gpu_mb, peak_tensor_mb (training), estimate
     env: dict = field(default_factory=dict)  # library versions, device, git sha
     started_at: str | None = None  # ISO-8601 UTC
     finished_at: str | None = None
@@ -45,7 +45,10 @@ class Record:
 
 
 def run_id(config: dict) -> str:
-    """Stable id of what a run computes: the same config always gets the same id."""
+    """Stable id of what a run computes: the same config always gets the same id. What a
+    search sweeper reads off the run (eval.objective) changes nothing computed, so is left out."""
+    config = {**config, "eval": {k: v for k, v in config.get("eval", {}).items() if k != "objective"}} \
+        if isinstance(config.get("eval"), dict) else config
     canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -44,6 +44,7 @@ def run_task(cfg, run_dir: Path, overrides: list[str]) -> Record:
 def run(config: RunConfig, run_dir: Path, overrides: list[str]) -> Record:
     """Train, evaluate, record; a folder that already holds an ok record of this very config
     is reused as it is (a relaunched sweep redoes only failed and unfinished runs)."""
+    config = with_native_compute(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     with file_lock(run_dir / ".lock"):  # two launches of one sweep at once: the second waits, then reuses
         done = _reusable(run_dir, run_id(config.to_dict()))
@@ -52,6 +53,17 @@ def run(config: RunConfig, run_dir: Path, overrides: list[str]) -> Record:
             stamp(run_dir, "reused")
             return done
         return _run(config, run_dir, overrides)
+
+
+def with_native_compute(config: RunConfig) -> RunConfig:
+    """`dtype.compute_dtype=auto` resolved here, so the record and run_id name what ran."""
+    import dataclasses
+
+    from qlora_lab.model.dtypes import native_compute_dtype
+
+    if config.dtype.compute_dtype != "auto":
+        return config
+    return dataclasses.replace(config, dtype=dataclasses.replace(config.dtype, compute_dtype=native_compute_dtype()))
 
 
 def stamp(run_dir: Path, what: str) -> None:
@@ -87,7 +99,7 @@ def _run(config: RunConfig, run_dir: Path, overrides: list[str]) -> Record:
     finally:
         _finish_wandb()
         record.timing["wall_s"] = round(time.perf_counter() - start, 3)
-        record.memory = {"peak_rss_mb": round(peak_rss_mb(), 1), "peak_gpu_mb": peak_gpu_mb()}
+        record.memory.update(peak_rss_mb=round(peak_rss_mb(), 1), peak_gpu_mb=peak_gpu_mb())
         record.finished_at = utc_now()
         write_record(run_dir, record)
     return record
@@ -132,6 +144,8 @@ def _train(config: RunConfig, built, examples: list[dict], run_dir: Path, record
     record.metrics["train_loss_first"] = window_mean(result.step_losses, "first")
     record.metrics["train_loss_last"] = window_mean(result.step_losses, "last")
     record.metrics["train_steps"] = len(result.step_losses)
+    record.memory["peak_tensor_mb"] = result.peak_tensor_mb
+    record.memory["estimate"] = _memory_estimate(config)
     record.timing.update(train_s=round(result.train_s, 3), tokens=result.tokens,
                          tokens_per_s=round(result.tokens / result.train_s, 1),
                          first_step_s=None if result.first_step_s is None
@@ -141,6 +155,16 @@ def _train(config: RunConfig, built, examples: list[dict], run_dir: Path, record
     bad = [i + 1 for i, loss in enumerate(result.step_losses) if not math.isfinite(loss)]
     if bad:
         raise FloatingPointError(f"training loss is not finite from step {bad[0]}")
+
+
+def _memory_estimate(config: RunConfig) -> dict | None:
+    """The planner's estimate of this run's training peak, for comparison with the measured."""
+    from qlora_lab.memory_estimate import estimate_memory
+
+    try:
+        return estimate_memory(config, config.dtype.compute_dtype).to_dict()
+    except ValueError:  # a model without `arch` shapes, or a family the estimate does not know
+        return None
 
 
 def _evaluate(config: RunConfig, built, encode, eval_pairs, run_dir: Path, record: Record) -> None:

@@ -17,19 +17,24 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-def task(cfg: DictConfig) -> str:
+def task(cfg: DictConfig) -> float:
+    """One run. Returns its `eval.objective` metric for search sweepers (hydra/sweeper=optuna);
+    NaN for a failed run, which optuna records as a failed trial."""
     from qlora_lab.run import run_task
 
     runtime = HydraConfig.get()
-    return run_task(cfg, Path(runtime.runtime.output_dir), list(runtime.overrides.task)).status
+    record = run_task(cfg, Path(runtime.runtime.output_dir), list(runtime.overrides.task))
+    value = record.metrics.get(cfg.eval.objective) if record.status == "ok" else None
+    return float(value) if isinstance(value, (int, float)) else float("nan")
 
 
 def main() -> None:
-    from qlora_lab import sweep_summary
+    from qlora_lab import launchers, sweep_summary
     from qlora_lab.preflight import check_command_line
     from qlora_lab.sweep_files import register_sweep_files
 
     register_sweep_files()
+    launchers.register()
     problem = check_command_line(sys.argv[1:], CONF_DIR)
     if problem:
         print(f"error: {problem}", file=sys.stderr)

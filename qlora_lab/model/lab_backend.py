@@ -7,7 +7,7 @@ import torch
 from peft.tuners.lora.layer import LoraLayer
 
 from qlora_lab.config import DTypeConfig
-from qlora_lab.model.quantize import TORCH_DTYPES
+from qlora_lab.model.quantize import torch_dtype
 
 
 def lab_codebook(dtype: DTypeConfig):
@@ -21,7 +21,7 @@ def quantize_linears(model: torch.nn.Module, dtype: DTypeConfig, skip: set[int])
     """Replace every nn.Linear (ids in `skip` left alone: the head) by a QuantLinear."""
     from qlora_kernels import QuantLinear
 
-    book, compute = lab_codebook(dtype), TORCH_DTYPES[dtype.compute_dtype]
+    book, compute = lab_codebook(dtype), torch_dtype(dtype.compute_dtype)
     swaps = [(name, module) for name, module in model.named_modules()
              if isinstance(module, torch.nn.Linear) and id(module) not in skip]
     for name, linear in swaps:

@@ -10,18 +10,26 @@ from qlora_lab.config import DTypeConfig
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
+def torch_dtype(compute_dtype: str) -> torch.dtype:
+    """A config's compute dtype as torch's, `auto` resolved for this machine."""
+    from qlora_lab.model.dtypes import native_compute_dtype
+
+    return TORCH_DTYPES[native_compute_dtype() if compute_dtype == "auto" else compute_dtype]
+
+
 def load_dtype(cfg: DTypeConfig) -> torch.dtype:
     """dtype of the weights transformers keeps unquantized (norms, embeddings, head)."""
-    return TORCH_DTYPES[cfg.compute_dtype]
+    return torch_dtype(cfg.compute_dtype)
 
 
 def compute_autocast(compute_dtype: str, device_type: str = "cpu"):
     """The precision evaluation runs in, the same for trained, eval-only and reloaded models."""
     import contextlib
 
-    if compute_dtype == "fp32":
+    dtype = torch_dtype(compute_dtype)
+    if dtype == torch.float32:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device_type, dtype=TORCH_DTYPES[compute_dtype])
+    return torch.autocast(device_type=device_type, dtype=dtype)
 
 
 def bnb_config(cfg: DTypeConfig) -> BitsAndBytesConfig | None:
@@ -35,7 +43,7 @@ def bnb_config(cfg: DTypeConfig) -> BitsAndBytesConfig | None:
         load_in_4bit=True,
         bnb_4bit_quant_type=cfg.name,
         bnb_4bit_use_double_quant=cfg.double_quant,
-        bnb_4bit_compute_dtype=TORCH_DTYPES[cfg.compute_dtype],
+        bnb_4bit_compute_dtype=torch_dtype(cfg.compute_dtype),
     )
 
 

@@ -36,7 +36,7 @@ BAD = [
     (("dtype", "name"), "nf5", "dtype=nf5: expected one of"),
     (("dtype", "blocksize"), 128, "dtype.blocksize=128: backend bnb supports 64"),
     (("dtype", "double_quant"), "yes", "dtype.double_quant=yes: expected true or false"),
-    (("dtype", "compute_dtype"), "int3", "dtype.compute_dtype=int3: expected one of bf16, fp16, fp32"),
+    (("dtype", "compute_dtype"), "int3", "dtype.compute_dtype=int3: expected one of auto, bf16, fp16, fp32"),
     (("train", "max_steps"), -5, "train.max_steps=-5: expected an integer >= 0"),
     (("train", "learning_rate"), "fast", "train.learning_rate=fast: expected a number"),
     (("train", "optimizer"), "sgd", "train.optimizer=sgd: expected one of paged_adamw_32bit"),

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from conftest import records_under, run_cli
 from qlora_lab.preflight import check_command_line
@@ -62,3 +63,19 @@ def test_a_bad_value_inside_a_sweep_file_is_named_before_launch(tmp_path):
 def test_an_unknown_sweep_is_one_line():
     register_sweep_files()
     assert check_command_line(["-m", "+sweep=nope"], CONF_DIR).startswith("sweep=nope: expected one of")
+
+
+def test_optuna_searches_any_sweep_and_gets_each_runs_objective(tmp_path: Path):
+    """hydra-optuna-sweeper on the smoke sweep's axes plus a learning-rate interval: each trial
+    is a run with its record, and the best value optuna reports is the best record's metric."""
+    sweep = tmp_path / "search"
+    proc = run_cli("-m", "+sweep=smoke", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2",
+                   "hydra.sweeper.sampler.seed=0", "train.learning_rate=interval(1e-4,1e-3)", "train.max_steps=2",
+                   "eval.n_generate=0", "train.report_to=none", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = records_under(sweep)
+    assert len(records) == 2 and all(r["status"] == "ok" for r in records.values())
+    for record in records.values():
+        assert 1e-4 <= record["config"]["train"]["learning_rate"] <= 1e-3
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(min(r["metrics"]["eval_loss"] for r in records.values()))
