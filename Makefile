@@ -7,7 +7,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean slurm-up slurm-down
 
 install: $(STAMP)
 
@@ -30,6 +30,15 @@ bench: install
 	$(PY) benchmarks/train_throughput.py --steps 30 --repeats 3
 	$(PY) benchmarks/kernels_cpu.py
 	$(PY) benchmarks/mmlu_throughput.py
+
+# A real one-node SLURM cluster on this machine (root; Debian's packages, no systemd), to try
+# `hydra/launcher=slurm`; tests/integration starts and stops the same one.
+slurm-up: install
+	python3 tests/integration/slurm_cluster.py install
+	python3 tests/integration/slurm_cluster.py up
+
+slurm-down:
+	python3 tests/integration/slurm_cluster.py down
 
 clean:
 	rm -rf outputs multirun wandb .pytest_cache

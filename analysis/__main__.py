@@ -1,0 +1,30 @@
+"""`python -m qlora_analysis DIR... --out REPORT_DIR`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from qlora_analysis.collect import RecordSchemaError
+from qlora_analysis.report import build_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m qlora_analysis",
+                                     description="Sweep folders -> the paper's tables, Elo and plots.")
+    parser.add_argument("dirs", nargs="+", help="sweep or run folders holding record.json files")
+    parser.add_argument("--out", required=True, type=Path, help="report folder (report.md, tables/, plots/)")
+    args = parser.parse_args(argv)
+    try:
+        report = build_report(args.dirs, args.out)
+    except (RecordSchemaError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.out / 'report.md'}: {len(report.runs)} runs, {len(report.tables)} tables, "
+          f"{len(report.plots)} plots, {len(report.left_out)} runs left out")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""`collect(*dirs)`: one row per run, one column per swept axis and per metric.
+
+Runs left out are never dropped silently: `frame.attrs["left_out"]` lists each failed,
+unfinished or duplicate run folder with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from qlora_lab.records import RECORD_NAME, SCHEMA
+
+# Axes every study slices by, as config paths (a group's name for a group); swept overrides
+# add their own keys beside these.
+STANDARD_AXES = ("model", "dataset", "dtype", "dtype.double_quant", "dtype.backend", "dtype.blocksize",
+                 "lora.targets", "lora.r", "train.learning_rate", "train.max_steps", "train.seed")
+GROUPS = ("model", "dataset", "dtype", "lora", "train", "eval")
+METRICS = ("eval_loss", "ppl", "rougeL", "mmlu_acc", "accuracy", "train_loss_first", "train_loss_last")
+LEFT_OUT_COLUMNS = ["run_dir", "run_id", "reason"]
+
+
+class RecordSchemaError(ValueError):
+    """A record written by another version of the record schema."""
+
+
+def collect(*dirs: str | Path) -> pd.DataFrame:
+    """Every `record.json` under the folders -> a DataFrame of the ok runs, one per run_id.
+
+    `attrs["left_out"]` (as a DataFrame: `left_out(frame)`): run_dir, run_id, reason of failed runs, unfinished run
+    folders (a Hydra job folder without a record) and duplicates (a run_id already counted)."""
+    rows, left_out, seen = [], [], {}
+    for path in _record_paths(dirs):
+        record = _read(path)
+        run_dir = str(path.parent)
+        if record.get("status") != "ok":
+            left_out.append({"run_dir": run_dir, "run_id": record.get("run_id"),
+                             "reason": f"failed: {record.get('error') or 'no error given'}"})
+            continue
+        if record["run_id"] in seen:
+            left_out.append({"run_dir": run_dir, "run_id": record["run_id"],
+                             "reason": f"duplicate of {seen[record['run_id']]} (same run_id)"})
+            continue
+        seen[record["run_id"]] = run_dir
+        rows.append(_row(record, run_dir))
+    for run_dir in _unfinished(dirs):
+        left_out.append({"run_dir": str(run_dir), "run_id": None,
+                         "reason": "unfinished: a job folder without record.json (running, or killed)"})
+    frame = pd.DataFrame(rows)
+    frame.attrs["left_out"] = left_out  # plain dicts: pandas compares attrs when it combines frames
+    return frame
+
+
+def left_out(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs `collect` left out, with the reason: run_dir, run_id, reason."""
+    return pd.DataFrame(runs.attrs.get("left_out", []), columns=LEFT_OUT_COLUMNS)
+
+
+def read_judgments(*dirs: str | Path) -> pd.DataFrame:
+    """Every `judgments.jsonl` under the folders, one row per judged pair and order."""
+    rows = []
+    for root in dirs:
+        for path in sorted(Path(root).rglob("judgments.jsonl")):
+            with open(path, encoding="utf-8") as handle:
+                rows.extend({**json.loads(line), "sweep_dir": str(path.parent)} for line in handle if line.strip())
+    return pd.DataFrame(rows, columns=None if rows else ["prompt_id", "model_a", "model_b", "winner", "judge"])
+
+
+def _record_paths(dirs) -> list[Path]:
+    paths = []
+    for root in dirs:
+        root = Path(root)
+        if not root.exists():
+            raise FileNotFoundError(f"{root}: no such folder")
+        paths.extend(sorted(root.rglob(RECORD_NAME)) if root.is_dir() else [root])
+    return paths
+
+
+def _read(path: Path) -> dict:
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise RecordSchemaError(f"{path}: not a JSON record ({err.msg}, line {err.lineno})") from None
+    schema = record.get("schema")
+    if schema != SCHEMA:
+        raise RecordSchemaError(f"{path}: record schema {schema!r}; this qlora_analysis reads schema {SCHEMA} "
+                                f"(records from another qlora-lab version: use that version's analysis)")
+    return record
+
+
+def _unfinished(dirs) -> list[Path]:
+    """Hydra job folders (`.hydra/` inside) that hold no record."""
+    found = []
+    for root in dirs:
+        for hydra_dir in sorted(Path(root).rglob(".hydra")):
+            job = hydra_dir.parent
+            if (job / ".launches").exists() and not (job / RECORD_NAME).exists():
+                found.append(job)
+    return found
+
+
+def config_value(config: dict, path: str):
+    """A config path's value; a group's own name for a bare group (`dtype` -> `nf4`)."""
+    if path in GROUPS and isinstance(config.get(path), dict):
+        return config[path].get("name")
+    node = config
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return ",".join(map(str, node)) if isinstance(node, list) else node
+
+
+def _row(record: dict, run_dir: str) -> dict:
+    config = record.get("config", {})
+    swept = [o.split("=", 1)[0].lstrip("+~") for o in record.get("overrides", []) if "=" in o]
+    axes = list(STANDARD_AXES) + [k for k in swept if k not in STANDARD_AXES and not k.startswith(("hydra", "sweep"))]
+    row = {"run_dir": run_dir, "run_id": record["run_id"]}
+    row.update({axis: config_value(config, axis) for axis in axes})
+    row["model_kind"] = config_value(config, "model.kind") or "causal"
+    metrics = record.get("metrics", {})
+    row.update({name: metrics.get(name) for name in METRICS})
+    model, timing, memory = record.get("model", {}), record.get("timing", {}), record.get("memory", {})
+    row["n_params"] = model.get("n_params")
+    row["bits_per_param"] = model.get("bits_per_param")
+    row["total_bits"] = model["n_params"] * model["bits_per_param"] \
+        if model.get("n_params") and model.get("bits_per_param") else None
+    row["train_s"] = timing.get("train_s")
+    row["peak_memory_mb"] = memory.get("peak_gpu_mb") or memory.get("peak_tensor_mb") or memory.get("peak_rss_mb")
+    row["dtype_label"] = dtype_label(row)
+    return row
+
+
+def dtype_label(row: dict) -> str:
+    """The paper's names: NF4+DQ, FP4, Int4, BF16, ..."""
+    name = str(row.get("dtype") or "?")
+    label = {"nf4": "NF4", "fp4": "FP4", "int4": "Int4", "nf3": "NF3", "nf2": "NF2", "fp4_e3m0": "FP4-E3M0",
+             "int8": "Int8", "bf16": "BF16", "fp32": "FP32"}.get(name, name)
+    return label + ("+DQ" if row.get("dtype.double_quant") is True else "")

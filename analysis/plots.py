@@ -1,0 +1,118 @@
+"""The paper's figures, as PNGs (matplotlib, no display): each returns its path or None when
+the runs give it no support."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+# Which metric a plot shows: the first the runs have (higher is better for all but losses).
+METRIC_PREFERENCE = ("mmlu_acc", "rougeL", "accuracy", "eval_loss", "ppl")
+LOWER_IS_BETTER = {"eval_loss", "ppl"}
+
+
+def main_metric(runs: pd.DataFrame) -> str | None:
+    for metric in METRIC_PREFERENCE:
+        if metric in runs and runs[metric].notna().any():
+            return metric
+    return None
+
+
+def metric_vs_bits(runs: pd.DataFrame, out: Path) -> Path | None:
+    """Figure 3's shape: a metric against total model bits, one line per data type."""
+    metric = main_metric(runs)
+    if metric is None or runs["total_bits"].dropna().empty:
+        return None
+    have = runs.dropna(subset=[metric, "total_bits"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, group in have.groupby("dtype_label"):
+        means = group.groupby("total_bits")[metric].agg(["mean", "std", "size"]).reset_index()
+        ax.errorbar(means["total_bits"], means["mean"], yerr=means["std"].fillna(0), marker="o", capsize=3, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("total model bits (parameters x stored bits per parameter)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} vs total model bits by data type")
+    ax.legend(fontsize=8)
+    return _save(fig, out / "metric_vs_bits.png")
+
+
+def rouge_by_targets(runs: pd.DataFrame, out: Path) -> Path | None:
+    """Figure 2's shape: RougeL by LoRA targets, every seed a point, the mean a bar."""
+    if runs.empty or runs["rougeL"].dropna().empty:
+        return None
+    have = runs.dropna(subset=["rougeL"]).astype({"lora.targets": str, "lora.r": str})
+    have = have.assign(setting=have["dtype_label"] + " " + have["lora.targets"] + " r" + have["lora.r"])
+    settings = sorted(have["setting"].unique())
+    if len(settings) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(settings)), 4))
+    means = have.groupby("setting")["rougeL"].mean()
+    ax.bar(range(len(settings)), [means[s] for s in settings], color="#cfd8e3", label="mean")
+    for i, setting in enumerate(settings):
+        values = have[have["setting"] == setting]["rougeL"]
+        ax.scatter([i] * len(values), values, color="#1f4e79", zorder=3, s=18, label="one seed" if i == 0 else None)
+    ax.set_xticks(range(len(settings)), settings, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("RougeL")
+    ax.set_title("RougeL by LoRA targets (every seed a point)")
+    ax.set_ylim(bottom=max(0.0, have["rougeL"].min() - 0.05))
+    ax.legend(fontsize=8)
+    return _save(fig, out / "rouge_by_targets.png")
+
+
+def elo_intervals(elo: pd.DataFrame | None, out: Path) -> Path | None:
+    """Elo ratings with their 95% intervals, best at the top."""
+    if elo is None or elo.empty:
+        return None
+    ordered = elo.iloc[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.45 * len(elo) + 1.5))
+    ax.errorbar(ordered["elo"], range(len(ordered)),
+                xerr=[(ordered["elo"] - ordered["lower"]).clip(lower=0), (ordered["upper"] - ordered["elo"]).clip(lower=0)],
+                fmt="o", capsize=3)  # clipped: equal ratings in every ordering leave float noise
+    ax.set_yticks(range(len(ordered)), ordered["model"], fontsize=8)
+    ax.axvline(1000, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("Elo (K=32, initial 1000; 95% interval over 10,000 orderings)")
+    ax.set_title("Elo ratings")
+    return _save(fig, out / "elo.png")
+
+
+def pareto(runs: pd.DataFrame, cost: str, out: Path) -> Path | None:
+    """A metric against a cost (peak memory or training time), the Pareto front drawn."""
+    metric = main_metric(runs)
+    if metric is None or cost not in runs or runs[cost].dropna().empty:
+        return None
+    have = runs.dropna(subset=[metric, cost]).sort_values([cost, metric], ascending=[True, metric in LOWER_IS_BETTER])
+    better = (lambda a, b: a < b) if metric in LOWER_IS_BETTER else (lambda a, b: a > b)
+    front, best = [], None
+    for _, row in have.iterrows():
+        if best is None or better(row[metric], best):
+            front.append(row)
+            best = row[metric]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, group in have.groupby("dtype_label"):
+        ax.scatter(group[cost], group[metric], label=label, s=22)
+    front = pd.DataFrame(front)
+    ax.step(front[cost], front[metric], where="post", color="black", linewidth=1, label="Pareto front")
+    ax.set_xlabel({"peak_memory_mb": "peak memory (MB)", "train_s": "training time (s)"}.get(cost, cost))
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} vs {ax.get_xlabel()}")
+    ax.legend(fontsize=8)
+    return _save(fig, out / f"pareto_{cost}.png")
+
+
+def all_plots(runs: pd.DataFrame, elo: pd.DataFrame | None, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    made = [metric_vs_bits(runs, out), rouge_by_targets(runs, out), elo_intervals(elo, out),
+            pareto(runs, "peak_memory_mb", out), pareto(runs, "train_s", out)]
+    return [path for path in made if path is not None]
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,83 @@
+"""The paper's tables, a registry: each module registers one function `runs, judgments ->
+Table | None` (None: the runs give it no support). Adding a table is one small file."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+
+@dataclass
+class Table:
+    """One table: what it shows, its cells, and how many runs and seeds stand behind each."""
+
+    name: str  # file stem: NAME.md, NAME.csv, NAME.tex
+    title: str  # e.g. "Table 4: MMLU by data type x dataset x model size"
+    frame: pd.DataFrame  # cells as shown ("mean ± sd")
+    support: pd.DataFrame  # the same cells: "runs/seeds"
+    numbers: pd.DataFrame  # long form: one row per cell with mean, sd, runs, seeds (the CSV)
+    note: str = ""  # what the cells are, in one line
+
+    def markdown(self) -> str:
+        support = self.support.to_markdown() if not self.support.empty else ""
+        return (f"### {self.title}\n\n{self.note}\n\n{self.frame.to_markdown()}\n\n"
+                f"Runs/seeds behind each cell:\n\n{support}\n")
+
+    def write(self, out_dir: Path) -> list[Path]:
+        """NAME.md, NAME.csv (long form numbers), NAME.tex."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = [out_dir / f"{self.name}.{ext}" for ext in ("md", "csv", "tex")]
+        paths[0].write_text(self.markdown(), encoding="utf-8")
+        self.numbers.to_csv(paths[1], index=False)
+        paths[2].write_text(self.frame.to_latex(caption=self.title, label=f"tab:{self.name}"), encoding="utf-8")
+        return paths
+
+
+TableFn = Callable[[pd.DataFrame, pd.DataFrame], "Table | None"]
+TABLES: dict[str, TableFn] = {}
+
+
+def table(name: str) -> Callable[[TableFn], TableFn]:
+    def register(fn: TableFn) -> TableFn:
+        TABLES[name] = fn
+        return fn
+    return register
+
+
+def all_tables(runs: pd.DataFrame, judgments: pd.DataFrame) -> list[Table]:
+    """Every registered table the runs support, in the paper's order."""
+    _load()
+    made = [fn(runs, judgments) for fn in TABLES.values()]
+    return [t for t in made if t is not None]
+
+
+def _load() -> None:
+    for module in sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])):
+        if not module.startswith("_"):
+            importlib.import_module(f"{__name__}.{module}")
+
+
+def summarize(runs: pd.DataFrame, index: list[str], columns: list[str], metric: str, digits: int = 3) -> Table | None:
+    """Mean and spread (sd over seeds) of `metric` per (index, columns) cell; None when no
+    run has the metric. Cells show "mean ± sd" (sd only where there are several runs)."""
+    have = runs.dropna(subset=[metric]) if metric in runs else runs.iloc[0:0]
+    if have.empty:
+        return None
+    keys = index + columns
+    have = have.assign(**{k: have[k].astype(str) for k in keys})
+    grouped = have.groupby(keys, sort=True)
+    numbers = grouped.agg(mean=(metric, "mean"), sd=(metric, "std"), runs=(metric, "size"),
+                          seeds=("train.seed", "nunique")).reset_index()
+    numbers["cell"] = [f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if n > 1 else "")
+                       for m, s, n in zip(numbers["mean"], numbers["sd"], numbers["runs"])]
+    numbers["support"] = [f"{r}/{s}" for r, s in zip(numbers["runs"], numbers["seeds"])]
+    frame = numbers.pivot_table(index=index, columns=columns, values="cell", aggfunc="first") if columns else \
+        numbers.set_index(index)[["cell"]].rename(columns={"cell": metric})
+    support = numbers.pivot_table(index=index, columns=columns, values="support", aggfunc="first") if columns else \
+        numbers.set_index(index)[["support"]]
+    return Table(name="", title="", frame=frame, support=support, numbers=numbers.drop(columns=["cell", "support"]))

@@ -1,0 +1,47 @@
+"""collect(): one row per run, swept axes and metrics as columns, nothing dropped silently."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qlora_analysis import RecordSchemaError, collect, left_out
+from synthetic_runs import write_run
+
+
+def test_one_row_per_ok_run_with_swept_axes_and_metrics(tmp_path: Path):
+    write_run(tmp_path / "s" / "0", {"dtype": "nf4", "lora.targets": "all"}, {"eval_loss": 2.0, "rougeL": 0.3})
+    write_run(tmp_path / "s" / "1", {"dtype": "fp4", "lora.targets": "qv"}, {"eval_loss": 2.5, "rougeL": 0.2})
+    write_run(tmp_path / "s" / "2", {"dtype": "fp4", "train.learning_rate": 1e-3}, {"eval_loss": 2.2})
+    runs = collect(tmp_path / "s")
+    assert len(runs) == 3
+    assert sorted(runs["dtype"]) == ["fp4", "fp4", "nf4"]
+    assert set(runs["lora.targets"]) == {"all", "qv"}
+    assert sorted(runs["train.learning_rate"]) == [2e-4, 2e-4, 1e-3]  # a swept axis beyond the standard ones
+    assert runs.set_index("dtype").loc["nf4", "eval_loss"] == 2.0
+    assert runs.set_index("dtype").loc["nf4", "dtype_label"] == "NF4+DQ"
+    assert runs["total_bits"].iloc[0] == pytest.approx(4_000_000 * 4.127)
+    assert left_out(runs).empty
+
+
+def test_failed_unfinished_and_duplicate_runs_are_reported_not_dropped(tmp_path: Path):
+    write_run(tmp_path / "a" / "0", {"dtype": "nf4"}, {"eval_loss": 2.0})
+    write_run(tmp_path / "b" / "0", {"dtype": "nf4"}, {"eval_loss": 2.0})  # the same run_id in another folder
+    write_run(tmp_path / "a" / "1", {"dtype": "fp4"}, {}, status="failed")
+    unfinished = tmp_path / "a" / "2"
+    (unfinished / ".hydra").mkdir(parents=True)
+    (unfinished / ".launches").write_text(" started\n")
+    runs = collect(tmp_path / "a", tmp_path / "b")
+    assert len(runs) == 1  # counted once
+    reasons = dict(zip(left_out(runs)["run_dir"], left_out(runs)["reason"]))
+    assert reasons[str(tmp_path / "b" / "0")] == f"duplicate of {tmp_path / 'a' / '0'} (same run_id)"
+    assert reasons[str(tmp_path / "a" / "1")] == "failed: ValueError: boom"
+    assert reasons[str(unfinished)].startswith("unfinished")
+    assert len(reasons) == 3
+
+
+def test_a_record_of_another_schema_is_refused_clearly(tmp_path: Path):
+    write_run(tmp_path / "0", {"dtype": "nf4"}, {"eval_loss": 2.0}, schema=2)
+    with pytest.raises(RecordSchemaError, match=r"record schema 2; this qlora_analysis reads schema 1"):
+        collect(tmp_path)

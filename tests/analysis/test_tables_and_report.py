@@ -1,0 +1,93 @@
+"""The paper's tables from records, each only where the runs support it, and the report CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from qlora_analysis import collect, read_judgments
+from qlora_analysis.tables import all_tables
+from synthetic_runs import write_judgments, write_run
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> Path:
+    """A slice of the study: PTQ perplexity, MMLU by dtype x dataset, LoRA targets x 3 seeds,
+    judgments with winners and scores."""
+    i = 0
+
+    def run(overrides, metrics, **kw):
+        nonlocal i
+        write_run(tmp_path / "sweep" / str(i), overrides, metrics, **kw)
+        i += 1
+
+    for dtype, ppl in (("nf4", 30.0), ("fp4", 32.0), ("int4", 35.0)):
+        run({"dtype": dtype, "train.max_steps": 0}, {"ppl": ppl, "eval_loss": 3.4})
+    for dataset in ("alpaca", "flan_v2"):
+        for dtype, acc in (("nf4", 0.40), ("fp4", 0.38)):
+            run({"dataset": dataset, "dtype": dtype}, {"mmlu_acc": acc + (0.02 if dataset == "flan_v2" else 0.0)})
+    for targets, base in (("all", 0.30), ("qv", 0.25)):
+        for seed in (0, 1, 2):
+            run({"lora.targets": targets, "train.seed": seed}, {"rougeL": base + 0.01 * seed})
+    rows = [{"model_a": "guanaco", "model_b": "alpaca", "winner": "a", "score_a": 8.0, "score_b": 6.0}] * 6 + \
+           [{"model_a": "alpaca", "model_b": "guanaco", "winner": "b", "score_a": 5.0, "score_b": 8.0}] * 6
+    write_judgments(tmp_path / "sweep", rows)
+    run({"dtype": "nf4", "lora.r": 8}, {}, status="failed")
+    return tmp_path / "sweep"
+
+
+def test_each_table_appears_with_its_cells_and_support(study: Path, tmp_path: Path):
+    runs, judgments = collect(study), read_judgments(study)
+    tables = {t.name: t for t in all_tables(runs, judgments)}
+    assert set(tables) == {"ptq_perplexity", "mmlu_by_dtype", "mmlu_by_dataset", "relative_score", "elo",
+                           "lora_targets"}  # no T5/RoBERTa runs: no Table 3
+    ptq = tables["ptq_perplexity"].numbers.set_index("dtype_label")
+    assert ptq.loc["NF4+DQ", "mean"] == 30.0 and ptq.loc["Int4+DQ", "runs"] == 1
+    mmlu = tables["mmlu_by_dtype"].numbers.set_index(["dataset", "dtype_label"])
+    assert mmlu.loc[("flan_v2", "NF4+DQ"), "mean"] == pytest.approx(0.42)
+    by_dataset = tables["mmlu_by_dataset"].numbers.set_index("dataset")
+    assert by_dataset.loc["alpaca", "mean"] == pytest.approx(0.39) and by_dataset.loc["alpaca", "runs"] == 2
+    targets = tables["lora_targets"]
+    assert list(targets.frame.columns) == ["seed 0", "seed 1", "seed 2", "mean ± sd"]
+    assert targets.frame.loc[("NF4+DQ", "all", "64"), "mean ± sd"] == "0.310 ± 0.010"
+    assert targets.support.loc[("NF4+DQ", "qv", "64"), "runs"] == 3
+    assert tables["elo"].numbers["model"].tolist() == ["guanaco", "alpaca"]
+    relative = tables["relative_score"].numbers
+    assert relative["reference"].iloc[0] in ("guanaco", "alpaca")
+    for name, made in tables.items():
+        paths = made.write(tmp_path / "out")
+        assert [p.suffix for p in paths] == [".md", ".csv", ".tex"] and all(p.stat().st_size > 0 for p in paths)
+        assert "\\begin{tabular}" in paths[2].read_text() and not pd.read_csv(paths[1]).empty
+
+
+def test_no_support_no_table(tmp_path: Path):
+    write_run(tmp_path / "0", {"dtype": "nf4"}, {"mmlu_acc": 0.4})  # one data type, one dataset
+    assert all_tables(collect(tmp_path), read_judgments(tmp_path)) == []
+
+
+def test_report_command_writes_tables_plots_and_the_runs_left_out(study: Path, tmp_path: Path):
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "qlora_analysis", str(study), "--out", str(out)],
+                          capture_output=True, text=True, env=os.environ.copy(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    text = (out / "report.md").read_text()
+    for title in ("Table 2", "Table 4", "Table 5", "Table 6", "Table 7", "Figure 2 data"):
+        assert title in text
+    assert "failed: ValueError: boom" in text  # the failed run, left out with its reason
+    plots = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert {"elo.png", "rouge_by_targets.png", "metric_vs_bits.png", "pareto_peak_memory_mb.png"} <= set(plots)
+    assert all((out / "plots" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
+    assert len(pd.read_csv(out / "runs.csv")) == 13  # 3 PTQ + 4 MMLU + 6 LoRA-target runs; the failed one left out
+
+
+def test_report_command_refuses_an_unknown_schema_in_one_line(tmp_path: Path):
+    write_run(tmp_path / "runs" / "0", {"dtype": "nf4"}, {"eval_loss": 2.0}, schema=99)
+    proc = subprocess.run([sys.executable, "-m", "qlora_analysis", str(tmp_path / "runs"), "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True, env=os.environ.copy(), timeout=300)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "record schema 99" in proc.stderr
