@@ -22,6 +22,8 @@ $(STAMP): pyproject.toml
 # The main job on its embedded defaults: nf4, fp4 x LoRA on all / qv layers of `tiny`.
 demo: install
 	$(PY) -m qlora_lab.train -m dtype=nf4,fp4 lora.targets=all,qv hydra.sweep.dir=multirun/demo
+	$(PY) -m qlora_lab.judge multirun/demo
+	$(PY) -m qlora_analysis multirun/demo --out multirun/demo/report
 
 test: install
 	$(PY) -m pytest -q tests

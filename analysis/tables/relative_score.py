@@ -9,12 +9,14 @@ from qlora_analysis.tables import Table, table
 
 @table("relative_score")
 def relative_score(runs, judgments):
-    """Score judgments only (`--mode score`); the reference is the model judged most often."""
+    """A judge's 1-10 scores only (`--mode score`; the offline reference judge's RougeL against
+    reference answers is not such a score); the reference is the model judged most often."""
     from qlora_lab.judging.relative_score import relative_scores
 
     if judgments.empty or "score_a" not in judgments:
         return None
     scored = judgments.dropna(subset=["score_a", "score_b"])
+    scored = scored[scored["judge"] != "reference"] if "judge" in scored else scored
     if scored.empty:
         return None
     reference = pd.concat([scored["model_a"], scored["model_b"]]).value_counts().index[0]

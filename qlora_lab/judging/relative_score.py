@@ -35,7 +35,10 @@ def relative_scores(judgments: list[dict], reference: str, n_boot: int = 1000, s
         prompts = sorted(by_prompt)
         means = [(sum(m for m, _ in by_prompt[p]) / len(by_prompt[p]), sum(t for _, t in by_prompt[p]) / len(by_prompt[p]))
                  for p in prompts]
-        ratio = lambda rows: 100 * sum(m for m, _ in rows) / sum(t for _, t in rows)
+        ratio = lambda rows: 100 * sum(m for m, _ in rows) / sum(t for _, t in rows) if sum(t for _, t in rows) \
+            else float("nan")  # the reference scored nothing: no ratio
+        if ratio(means) != ratio(means):
+            continue
         boots = sorted(ratio([means[rng.randrange(len(means))] for _ in means]) for _ in range(n_boot))
         results.append(RelativeScore(model, reference, ratio(means), boots[int(0.025 * n_boot)],
                                      boots[int(0.975 * n_boot) - 1], len(prompts)))

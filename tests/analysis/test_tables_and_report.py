@@ -34,8 +34,8 @@ def study(tmp_path: Path) -> Path:
     for targets, base in (("all", 0.30), ("qv", 0.25)):
         for seed in (0, 1, 2):
             run({"lora.targets": targets, "train.seed": seed}, {"rougeL": base + 0.01 * seed})
-    rows = [{"model_a": "guanaco", "model_b": "alpaca", "winner": "a", "score_a": 8.0, "score_b": 6.0}] * 6 + \
-           [{"model_a": "alpaca", "model_b": "guanaco", "winner": "b", "score_a": 5.0, "score_b": 8.0}] * 6
+    rows = [{"model_a": "guanaco", "model_b": "alpaca", "winner": "a", "score_a": 8.0, "score_b": 6.0, "judge": "openai"}] * 6 + \
+           [{"model_a": "alpaca", "model_b": "guanaco", "winner": "b", "score_a": 5.0, "score_b": 8.0, "judge": "openai"}] * 6
     write_judgments(tmp_path / "sweep", rows)
     run({"dtype": "nf4", "lora.r": 8}, {}, status="failed")
     return tmp_path / "sweep"

@@ -134,13 +134,13 @@ def test_a_failed_run_leaves_a_failed_record_and_the_sweep_goes_on(tmp_path):
 
 
 def test_local_launcher_runs_the_grid_in_parallel_processes(tmp_path):
-    proc = run_cli("-m", "dtype=nf4,bf16", "lora.r=8,64", "hydra/launcher=local", "train.max_steps=3",
+    proc = run_cli("-m", "dtype=nf4,fp32", "lora.r=8,64", "hydra/launcher=local", "train.max_steps=3",
                    "eval.n_generate=0", "train.report_to=none", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     records = records_under(tmp_path / "sweep")
     assert len(records) == 4 and all(r["status"] == "ok" for r in records.values())
     bits = sorted(r["model"]["bits_per_param"] for r in records.values())
-    assert bits[:2] == [pytest.approx(tiny_nf4_dq_bits(), abs=1e-6)] * 2 and bits[2:] == [16.0, 16.0]
+    assert bits[:2] == [pytest.approx(tiny_nf4_dq_bits(), abs=1e-6)] * 2 and bits[2:] == [32.0, 32.0]
     assert len({r["env"]["git_sha"] for r in records.values()}) == 1
     assert list((tmp_path / "sweep" / ".submitit").iterdir())  # it really went through submitit
 

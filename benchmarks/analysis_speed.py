@@ -1,0 +1,64 @@
+"""Aggregation and Elo speed of qlora_analysis (targets: 10,000 records into every table
+< 5 s; the Elo bootstrap over 10,000 orderings of a 10-model, 1,000-judgment tournament < 10 s).
+
+    python benchmarks/analysis_speed.py
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from synthetic_runs import write_judgments, write_run  # noqa: E402
+
+from qlora_analysis import collect, elo_ratings, read_judgments  # noqa: E402
+from qlora_analysis.tables import all_tables  # noqa: E402
+
+
+def write_study(root: Path, n_runs: int) -> None:
+    """n_runs records over data types x datasets x targets x seeds, PTQ runs among them."""
+    rng = np.random.default_rng(0)
+    dtypes, datasets, targets = ["nf4", "fp4", "int4", "bf16"], ["alpaca", "flan_v2", "oasst1"], ["all", "qv", "attn"]
+    for i in range(n_runs):
+        overrides = {"dtype": dtypes[i % 4], "dataset": datasets[(i // 4) % 3], "lora.targets": targets[(i // 12) % 3],
+                     "train.seed": i // 36}
+        metrics = {"mmlu_acc": float(rng.uniform(0.3, 0.5)), "rougeL": float(rng.uniform(0.2, 0.4)),
+                   "eval_loss": float(rng.uniform(1.5, 2.5))}
+        if i % 10 == 0:
+            overrides["train.max_steps"], metrics["ppl"] = 0, float(rng.uniform(20, 40))
+        write_run(root / "sweep" / str(i), overrides, metrics)
+
+
+def tournament(n_models: int, n_judgments: int) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    pairs = [rng.choice(n_models, size=2, replace=False) for _ in range(n_judgments)]
+    return pd.DataFrame([{"model_a": f"m{a}", "model_b": f"m{b}", "winner": rng.choice(["a", "b", "tie"])}
+                         for a, b in pairs])
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        write_study(Path(tmp), 10_000)
+        write_judgments(Path(tmp) / "sweep", tournament(10, 1000).to_dict("records"))
+        start = time.perf_counter()
+        runs = collect(Path(tmp))
+        judgments = read_judgments(Path(tmp))
+        tables = all_tables(runs, judgments)
+        aggregate_s = time.perf_counter() - start
+    print(f"10,000 records -> {len(tables)} tables ({', '.join(t.name for t in tables)}): {aggregate_s:.2f} s "
+          f"(target < 5 s, ratio {aggregate_s / 5:.2f})")
+    games = tournament(10, 1000)
+    start = time.perf_counter()
+    elo_ratings(games, n_orderings=10_000)
+    elo_s = time.perf_counter() - start
+    print(f"Elo, 10 models x 1,000 judgments x 10,000 orderings: {elo_s:.2f} s (target < 10 s, ratio {elo_s / 10:.2f})")
+
+
+if __name__ == "__main__":
+    main()
