@@ -1,7 +1,7 @@
 """tokens/s, start-up and peak RSS of a qlora_lab run vs a plain Trainer+peft+bitsandbytes script.
 
 Same tiny base, same tokenized examples, same settings (nf4+DQ, LoRA r64 on all linear layers,
-paged AdamW, gradient checkpointing, bf16, batch 4). The two alternate, REPEATS times each, in
+paged AdamW, gradient checkpointing, batch 4, the compute dtype `auto` resolves to here). The two alternate, REPEATS times each, in
 one invocation, and the ratio of their medians is printed:
 
     python benchmarks/train_throughput.py [--steps 30] [--repeats 3]
@@ -53,8 +53,11 @@ def run_lab(work: Path, steps: int, n_train: int, index: int) -> dict:
 
 
 def run_plain(work: Path, model_dir: str, examples: Path, steps: int, index: int) -> dict:
+    from qlora_lab.model.dtypes import native_compute_dtype  # what qlora_lab's compute_dtype=auto takes here
+
     out = subprocess.run([sys.executable, str(HERE / "plain_qlora.py"), model_dir, str(examples),
-                          str(work / f"plain{index}"), str(steps)], check=True, capture_output=True, text=True)
+                          str(work / f"plain{index}"), str(steps), native_compute_dtype()],
+                         check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

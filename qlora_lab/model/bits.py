@@ -57,3 +57,23 @@ def base_linear_bits(model: torch.nn.Module, skip: set[int]) -> StoredBits:
             continue
         total = StoredBits(total.n_weights + n, total.n_bits + bits)
     return total
+
+
+def total_stored_bits(model: torch.nn.Module) -> int:
+    """All bits the base model stores (Figure 3's x-axis): every linear weight as stored
+    (codes and constants), every other parameter and persistent buffer at its dtype."""
+    total, counted = 0, set()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and not callable(getattr(module, "quant_state", None)):
+            total += linear_weight_bits(module)[1]
+            counted.add(id(module.weight))
+        for param in module.parameters(recurse=False):
+            if id(param) not in counted:
+                total += _tensor_bits(param.data)
+                counted.add(id(param))
+        transient = getattr(module, "_non_persistent_buffers_set", set())
+        for name, buffer in module.named_buffers(recurse=False):
+            if name not in transient and id(buffer) not in counted:
+                total += _tensor_bits(buffer)
+                counted.add(id(buffer))
+    return total

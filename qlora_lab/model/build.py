@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from qlora_lab.config import DTypeConfig, LoraConfig, ModelConfig
-from qlora_lab.model.bits import base_linear_bits
+from qlora_lab.model.bits import base_linear_bits, total_stored_bits
 from qlora_lab.model.quantize import bnb_config, disable_cpu_weight_repacking, load_dtype
 from qlora_lab.model.targets import target_names
 
@@ -27,6 +27,7 @@ class ModelInfo:
     n_trainable: int
     bits_per_param: float  # stored bits per weight of the base's quantized linear layers
     quantized_layers: int
+    total_bits: int | None = None  # every bit the base stores: weights as stored, the rest at its dtype
 
 
 @dataclass
@@ -82,6 +83,7 @@ def build_model(model_cfg: ModelConfig, dtype: DTypeConfig, lora: LoraConfig, se
     base = load_base(path, dtype)
     head = base.get_output_embeddings()
     stored = base_linear_bits(base, skip={id(head)} if head is not None else set())
+    total_bits = total_stored_bits(base)
     n_params = _logical_params(base)
     base = prepare_base(base, dtype, gradient_checkpointing)
     torch.manual_seed(seed)
@@ -96,7 +98,7 @@ def build_model(model_cfg: ModelConfig, dtype: DTypeConfig, lora: LoraConfig, se
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     info = ModelInfo(name=model_cfg.name, path=path, n_params=n_params, n_trainable=n_trainable,
                      bits_per_param=round(stored.bits_per_param, 6),
-                     quantized_layers=_quantized_layers(base))
+                     quantized_layers=_quantized_layers(base), total_bits=total_bits)
     return BuiltModel(model=model, tokenizer=tokenizer, info=info)
 
 
