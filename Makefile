@@ -32,6 +32,8 @@ bench: install
 	$(PY) benchmarks/train_throughput.py --steps 30 --repeats 3
 	$(PY) benchmarks/kernels_cpu.py
 	$(PY) benchmarks/mmlu_throughput.py
+	$(PY) benchmarks/sweep_overhead.py
+	$(PY) benchmarks/analysis_speed.py
 
 # A real one-node SLURM cluster on this machine (root; Debian's packages, no systemd), to try
 # `hydra/launcher=slurm`; tests/integration starts and stops the same one.

@@ -7,6 +7,7 @@ unfinished or duplicate run folder with the reason.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -32,7 +33,8 @@ def collect(*dirs: str | Path) -> pd.DataFrame:
     `attrs["left_out"]` (as a DataFrame: `left_out(frame)`): run_dir, run_id, reason of failed runs, unfinished run
     folders (a Hydra job folder without a record) and duplicates (a run_id already counted)."""
     rows, left_out, seen = [], [], {}
-    for path in _record_paths(dirs):
+    record_paths, unfinished = _scan(dirs)
+    for path in record_paths:
         record = _read(path)
         run_dir = str(path.parent)
         if record.get("status") != "ok":
@@ -45,7 +47,7 @@ def collect(*dirs: str | Path) -> pd.DataFrame:
             continue
         seen[record["run_id"]] = run_dir
         rows.append(_row(record, run_dir))
-    for run_dir in _unfinished(dirs):
+    for run_dir in unfinished:
         left_out.append({"run_dir": str(run_dir), "run_id": None,
                          "reason": "unfinished: a job folder without record.json (running, or killed)"})
     frame = pd.DataFrame(rows)
@@ -62,20 +64,30 @@ def read_judgments(*dirs: str | Path) -> pd.DataFrame:
     """Every `judgments.jsonl` under the folders, one row per judged pair and order."""
     rows = []
     for root in dirs:
-        for path in sorted(Path(root).rglob("judgments.jsonl")):
+        paths = sorted(Path(folder) / "judgments.jsonl" for folder, _, files in os.walk(root) if "judgments.jsonl" in files)
+        for path in paths:
             with open(path, encoding="utf-8") as handle:
                 rows.extend({**json.loads(line), "sweep_dir": str(path.parent)} for line in handle if line.strip())
     return pd.DataFrame(rows, columns=None if rows else ["prompt_id", "model_a", "model_b", "winner", "judge"])
 
 
-def _record_paths(dirs) -> list[Path]:
-    paths = []
-    for root in dirs:
-        root = Path(root)
+def _scan(dirs) -> tuple[list[Path], list[Path]]:
+    """One walk per folder: every record.json, and the Hydra job folders (`.hydra/` and
+    `.launches` inside) that hold none."""
+    records, unfinished = [], []
+    for root in map(Path, dirs):
         if not root.exists():
             raise FileNotFoundError(f"{root}: no such folder")
-        paths.extend(sorted(root.rglob(RECORD_NAME)) if root.is_dir() else [root])
-    return paths
+        if root.is_file():
+            records.append(root)
+            continue
+        for folder, subdirs, files in os.walk(root):
+            subdirs.sort()
+            if RECORD_NAME in files:
+                records.append(Path(folder) / RECORD_NAME)
+            elif ".hydra" in subdirs and ".launches" in files:
+                unfinished.append(Path(folder))
+    return records, unfinished
 
 
 def _read(path: Path) -> dict:
@@ -88,17 +100,6 @@ def _read(path: Path) -> dict:
         raise RecordSchemaError(f"{path}: record schema {schema!r}; this qlora_analysis reads schema {SCHEMA} "
                                 f"(records from another qlora-lab version: use that version's analysis)")
     return record
-
-
-def _unfinished(dirs) -> list[Path]:
-    """Hydra job folders (`.hydra/` inside) that hold no record."""
-    found = []
-    for root in dirs:
-        for hydra_dir in sorted(Path(root).rglob(".hydra")):
-            job = hydra_dir.parent
-            if (job / ".launches").exists() and not (job / RECORD_NAME).exists():
-                found.append(job)
-    return found
 
 
 def config_value(config: dict, path: str):

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -14,8 +13,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from synthetic_runs import write_judgments, write_run  # noqa: E402
+
+def _synthetic_runs():
+    """tests/synthetic_runs.py, loaded by path: tests/ on sys.path would shadow qlora_lab with
+    tests/qlora_lab."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "synthetic_runs", Path(__file__).resolve().parents[1] / "tests" / "synthetic_runs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+write_run, write_judgments = _synthetic_runs().write_run, _synthetic_runs().write_judgments
 
 from qlora_analysis import collect, elo_ratings, read_judgments  # noqa: E402
 from qlora_analysis.tables import all_tables  # noqa: E402
