@@ -126,8 +126,7 @@ def _row(record: dict, run_dir: str) -> dict:
     model, timing, memory = record.get("model", {}), record.get("timing", {}), record.get("memory", {})
     row["n_params"] = model.get("n_params")
     row["bits_per_param"] = model.get("bits_per_param")
-    row["total_bits"] = model.get("total_bits") or (  # older records: the linear layers' rate for all
-        model["n_params"] * model["bits_per_param"] if model.get("n_params") and model.get("bits_per_param") else None)
+    row["total_bits"] = model.get("total_bits")  # every stored bit of the base (Figure 3's x-axis)
     row["train_s"] = timing.get("train_s")
     row["peak_memory_mb"] = memory.get("peak_gpu_mb") or memory.get("peak_tensor_mb") or memory.get("peak_rss_mb")
     row["dtype_label"] = dtype_label(row)

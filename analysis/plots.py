@@ -17,10 +17,11 @@ LOWER_IS_BETTER = {"eval_loss", "ppl"}
 
 
 def main_metric(runs: pd.DataFrame) -> str | None:
-    for metric in METRIC_PREFERENCE:
-        if metric in runs and runs[metric].notna().any():
-            return metric
-    return None
+    """The first metric of METRIC_PREFERENCE that tells the runs apart (a RougeL of 0 for every
+    run of a tiny model says nothing), else the first the runs have at all."""
+    present = [m for m in METRIC_PREFERENCE if m in runs and runs[m].notna().any()]
+    varying = [m for m in present if runs[m].dropna().nunique() > 1]
+    return (varying or present or [None])[0]
 
 
 def metric_vs_bits(runs: pd.DataFrame, out: Path) -> Path | None:
@@ -34,7 +35,7 @@ def metric_vs_bits(runs: pd.DataFrame, out: Path) -> Path | None:
         means = group.groupby("total_bits")[metric].agg(["mean", "std", "size"]).reset_index()
         ax.errorbar(means["total_bits"], means["mean"], yerr=means["std"].fillna(0), marker="o", capsize=3, label=label)
     ax.set_xscale("log")
-    ax.set_xlabel("total model bits (parameters x stored bits per parameter)")
+    ax.set_xlabel("total model bits (every bit the base stores)")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} vs total model bits by data type")
     ax.legend(fontsize=8)
@@ -97,6 +98,7 @@ def pareto(runs: pd.DataFrame, cost: str, out: Path) -> Path | None:
         ax.scatter(group[cost], group[metric], label=label, s=22)
     front = pd.DataFrame(front)
     ax.step(front[cost], front[metric], where="post", color="black", linewidth=1, label="Pareto front")
+    ax.scatter(front[cost], front[metric], s=70, facecolors="none", edgecolors="black", zorder=3)
     ax.set_xlabel({"peak_memory_mb": "peak memory (MB)", "train_s": "training time (s)"}.get(cost, cost))
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} vs {ax.get_xlabel()}")

@@ -31,7 +31,7 @@ def write_run(run_dir: Path, overrides: dict, metrics: dict, status: str = "ok",
             config[path[0]][path[1]] = value
     record = Record(run_id=run_id(config), status=status, config=config,
                     overrides=[f"{k}={v}" for k, v in overrides.items()], metrics=metrics,
-                    model={"n_params": n_params, "bits_per_param": bits}, timing={"train_s": train_s},
+                    model={"n_params": n_params, "bits_per_param": bits, "total_bits": int(n_params * bits)}, timing={"train_s": train_s},
                     memory={"peak_tensor_mb": peak_mb}, error=None if status == "ok" else "ValueError: boom")
     if schema is not None:
         record.schema = schema

@@ -91,3 +91,18 @@ def test_report_command_refuses_an_unknown_schema_in_one_line(tmp_path: Path):
                           capture_output=True, text=True, env=os.environ.copy(), timeout=300)
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "record schema 99" in proc.stderr
+
+
+def test_table_3_from_seq2seq_and_classifier_runs(tmp_path: Path):
+    """RougeL for seq2seq (T5) runs and accuracy for classifier (RoBERTa) runs, by data type."""
+    for i, (kind, dtype, metrics) in enumerate([("seq2seq", "nf4", {"rougeL": 0.40}), ("seq2seq", "int8", {"rougeL": 0.38}),
+                                                ("classifier", "nf4", {"accuracy": 0.90}),
+                                                ("classifier", "fp4", {"accuracy": 0.88})]):
+        dq = {"dtype.double_quant": None} if dtype == "int8" else {}  # LLM.int8() has no blocks to quantize
+        write_run(tmp_path / str(i), {"model.kind": kind, "dtype": dtype, **dq}, metrics)
+    tables = {t.name: t for t in all_tables(collect(tmp_path), read_judgments(tmp_path))}
+    made = tables["kinds_by_dtype"]
+    numbers = made.numbers.set_index(["kind", "dtype_label"])
+    assert numbers.loc[("seq2seq", "Int8"), "mean"] == pytest.approx(0.38)
+    assert numbers.loc[("classifier", "FP4+DQ"), "mean"] == pytest.approx(0.88)
+    assert set(made.frame.index.get_level_values(0)) == {"seq2seq (rougeL)", "classifier (accuracy)"}
