@@ -187,12 +187,16 @@ def test_the_issues_dtype_sweep_runs_int4_on_our_own_kernels(tmp_path):
 
 
 def test_lab_backend_nf4_fp4_train_like_bitsandbytes(demo_sweep, tmp_path):
-    proc = run_cli("-m", "dtype=nf4,fp4", "dtype.backend=lab", "lora.targets=all", "train.max_steps=30",
+    # nf4 only: fp4's codes are bit-exact with bitsandbytes' in tests/kernels, and a second
+    # 30-step run here cost 40 s of the suite's budget
+    proc = run_cli("-m", "dtype=nf4", "dtype.backend=lab", "lora.targets=all", "train.max_steps=30",
                    f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     bnb = {r["config"]["dtype"]["name"]: r for r in records_under(demo_sweep[1]).values()
            if r["config"]["lora"]["targets"] == "all"}
-    for lab in records_under(tmp_path / "sweep").values():
+    labs = list(records_under(tmp_path / "sweep").values())
+    assert len(labs) == 1 and labs[0]["config"]["dtype"]["backend"] == "lab"
+    for lab in labs:
         ref = bnb[lab["config"]["dtype"]["name"]]
         assert lab["model"]["bits_per_param"] == ref["model"]["bits_per_param"]
         assert lab["model"]["n_params"] == ref["model"]["n_params"]
