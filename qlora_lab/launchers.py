@@ -44,8 +44,6 @@ class _PerJobResources:
     """`launch` of BaseSubmititLauncher, with one executor per distinct job resources."""
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        import submitit
-
         assert self.config is not None and len(job_overrides) > 0
         per_job = resources_per_job(self, job_overrides)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))

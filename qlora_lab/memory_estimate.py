@@ -51,7 +51,7 @@ def linear_shapes(arch, family: str) -> dict[str, tuple[int, int]]:
             "gate_proj": (h, f), "up_proj": (h, f), "down_proj": (f, h)}
 
 
-def stored_bytes_per_weight(dtype, compute: str) -> float:
+def stored_bytes_per_weight(dtype) -> float:
     """Bytes per linear weight as the data type stores it, constants included."""
     spec = DTYPES.get(dtype.name)
     bits = spec.bits if spec is not None and spec.bits else 4
@@ -100,7 +100,7 @@ def estimate_memory(config: RunConfig, compute: str) -> MemoryEstimate:
     layers = arch.num_layers
 
     weights = sum(i * o for i, o in shapes.values()) * layers
-    base = weights * stored_bytes_per_weight(dtype, compute)
+    base = weights * stored_bytes_per_weight(dtype)
     if dtype.name == "int8":
         base += sum(o for _, o in shapes.values()) * layers * 4
     unquantized = (2 * arch.vocab_size * arch.hidden_size + (2 * layers + 1) * arch.hidden_size) * cb

@@ -5,6 +5,7 @@ Plain data, no torch: config validation reads it before anything heavy is import
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from dataclasses import dataclass, field
 
@@ -52,6 +53,7 @@ def available_backends() -> list[str]:
 COMPUTE_DTYPES = ("auto", "bf16", "fp16", "fp32")  # dtype.compute_dtype
 
 
+@functools.lru_cache(maxsize=1)
 def native_compute_dtype() -> str:
     """What `dtype.compute_dtype=auto` means on this machine: bf16 where the hardware computes
     it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), fp32 elsewhere, where
