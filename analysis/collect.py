@@ -19,7 +19,8 @@ from qlora_lab.records import RECORD_NAME, SCHEMA
 STANDARD_AXES = ("model", "dataset", "dtype", "dtype.double_quant", "dtype.backend", "dtype.blocksize",
                  "lora.targets", "lora.r", "train.learning_rate", "train.max_steps", "train.seed")
 GROUPS = ("model", "dataset", "dtype", "lora", "train", "eval")
-METRICS = ("eval_loss", "ppl", "rougeL", "mmlu_acc", "accuracy", "train_loss_first", "train_loss_last")
+METRICS = ("eval_loss", "ppl", "rougeL", "mmlu_acc", "accuracy", "zero_shot_mean", "train_loss_first",
+           "train_loss_last")
 LEFT_OUT_COLUMNS = ["run_dir", "run_id", "reason"]
 
 
@@ -129,6 +130,7 @@ def _row(record: dict, run_dir: str) -> dict:
     row["total_bits"] = model.get("total_bits")  # every stored bit of the base (Figure 3's x-axis)
     row["train_s"] = timing.get("train_s")
     row["peak_memory_mb"] = memory.get("peak_gpu_mb") or memory.get("peak_tensor_mb") or memory.get("peak_rss_mb")
+    row["full_finetune"] = config_value(config, "lora.enabled") is False
     row["dtype_label"] = dtype_label(row)
     return row
 
@@ -138,4 +140,6 @@ def dtype_label(row: dict) -> str:
     name = str(row.get("dtype") or "?")
     label = {"nf4": "NF4", "fp4": "FP4", "int4": "Int4", "nf3": "NF3", "nf2": "NF2", "fp4_e3m0": "FP4-E3M0",
              "int8": "Int8", "bf16": "BF16", "fp32": "FP32"}.get(name, name)
+    if row.get("full_finetune"):
+        return f"{label} full"  # Table 3's "BF16 full fine-tuning" row; LoRA on the same dtype is plain BF16
     return label + ("+DQ" if row.get("dtype.double_quant") is True else "")

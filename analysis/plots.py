@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 # Which metric a plot shows: the first the runs have (higher is better for all but losses).
-METRIC_PREFERENCE = ("mmlu_acc", "rougeL", "accuracy", "eval_loss", "ppl")
+METRIC_PREFERENCE = ("zero_shot_mean", "mmlu_acc", "rougeL", "accuracy", "eval_loss", "ppl")
 LOWER_IS_BETTER = {"eval_loss", "ppl"}
 
 

@@ -17,10 +17,10 @@ from typing import Any, Optional, Union
 
 from qlora_lab.config_checks import NO_VALUE, ConfigError, at_least, choice, positive, positive_float
 from qlora_lab.model.dtypes import COMPUTE_DTYPES, CUSTOM, DTYPES, available_backends
-from qlora_lab.model.targets import TARGET_GROUPS, target_names
+from qlora_lab.model.targets import KIND_FAMILIES, TARGET_GROUPS, target_names
 
 
-OBJECTIVES = ("eval_loss", "ppl", "rougeL", "mmlu_acc", "train_loss_last")  # eval.objective
+OBJECTIVES = ("eval_loss", "ppl", "rougeL", "mmlu_acc", "accuracy", "zero_shot_mean", "train_loss_last")  # eval.objective
 PROMPT_SET_NAMES = ("oasst1",)  # eval.prompts by name (qlora_lab.evaluate.rouge.PROMPT_SETS)
 
 
@@ -63,6 +63,7 @@ class ModelConfig:
     """Which base model, where it comes from, and what a job for it needs."""
 
     name: str = "tiny"  # the config's own name, as chosen by `model=NAME`
+    kind: str = "causal"  # causal (decoder LM) | seq2seq (T5) | classifier (RoBERTa, sequence classification)
     source: str = "build"  # build: made locally from `arch` + `pretrain`; pretrained: `path`
     path: Optional[str] = None  # hub id or local folder (source=pretrained)
     family: str = "llama"  # architecture family: which module names LoRA targets mean
@@ -71,8 +72,9 @@ class ModelConfig:
     resources: Resources = field(default_factory=Resources)
 
     def validate(self) -> None:
+        choice("model.kind", self.kind, sorted(KIND_FAMILIES))
         choice("model.source", self.source, ("build", "pretrained"))
-        choice("model.family", self.family, sorted(TARGET_GROUPS))
+        choice("model.family", self.family, KIND_FAMILIES[self.kind])
         if self.source == "build" and (self.arch is None or self.pretrain is None):
             raise ConfigError("model.arch", self.arch, "source=build needs model.arch and model.pretrain")
         if self.source == "pretrained" and not self.path:
@@ -80,7 +82,7 @@ class ModelConfig:
         if self.arch is not None:
             for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "max_seq_len"):
                 positive(f"model.arch.{key}", getattr(self.arch, key))
-            if self.arch.hidden_size % self.arch.num_heads:
+            if self.source == "build" and self.arch.hidden_size % self.arch.num_heads:
                 raise ConfigError("model.arch.num_heads", self.arch.num_heads, "must divide model.arch.hidden_size")
         if self.pretrain is not None:
             for key in ("batch_size", "seq_len"):
@@ -98,6 +100,7 @@ class DatasetConfig:
     hub_id: Optional[str] = None  # datasets.load_dataset id, used when `path` is unset
     hub_config: Optional[str] = None  # the hub dataset's config name (self_instruct's "self_instruct")
     hub_files: Optional[str] = None  # data_files within the hub dataset (OIG's unified_chip2.jsonl)
+    task: Optional[str] = None  # GLUE: which task (mnli, sst2, ...); its hub config and field layout
     path: Optional[str] = None  # local JSON / JSONL / CSV / Parquet file in the format's field layout
     n_eval: int = 64  # held-out examples, split off by `split_seed` where the data has no split
     split_seed: int = 42  # the paper's seed for its 1024-example eval split
@@ -107,7 +110,13 @@ class DatasetConfig:
     def validate(self) -> None:
         from qlora_lab.data.formats import FORMATS
 
-        choice("dataset.format", self.format, sorted(FORMATS))
+        choice("dataset.format", self.format, sorted(FORMATS) + ["glue"])
+        if self.format == "glue":
+            from qlora_lab.data.glue import GLUE_TASKS
+
+            choice("dataset.task", self.task, sorted(GLUE_TASKS))
+        elif self.task is not None:
+            raise ConfigError("dataset.task", self.task, f"only dataset=glue has tasks; leave it null for {self.name}")
         if self.path is None and self.hub_id is None and self.format != "stdlib":
             raise ConfigError("dataset.path", None, f"dataset={self.name} needs dataset.path=FILE or a hub_id")
         if self.path is not None:
@@ -180,6 +189,7 @@ class LoraConfig:
     alpha: float = 16.0  # scale numerator: the update is scaled by alpha / r
     dropout: float = 0.1  # on the adapter input (the paper: 0.1 up to 13B, 0.05 above)
     targets: Union[str, list] = "all"  # all | qv | attn | mlp | an explicit list of module names
+    enabled: bool = True  # false: full fine-tuning of every weight (the 16-bit baseline; dtype bf16 or fp32)
 
     def validate(self, family: str) -> None:
         positive("lora.r", self.r)
@@ -273,6 +283,25 @@ class PplConfig:
 
 
 @dataclass
+class LmEvalConfig:
+    """Zero-shot tasks through lm-evaluation-harness (on when `tasks` is non-empty): Figure 3's suite."""
+
+    tasks: list = field(default_factory=list)  # e.g. [winogrande, hellaswag, piqa, arc_easy, arc_challenge]
+    include_path: Optional[str] = None  # a folder of task YAMLs of your own (local data), added to lm-eval's
+    num_fewshot: int = 0  # the paper's zero-shot
+    limit: Optional[int] = None  # questions per task at most (None: all)
+    batch_size: int = 8
+
+    def validate(self) -> None:
+        at_least("eval.lm_eval.num_fewshot", self.num_fewshot, 0)
+        positive("eval.lm_eval.batch_size", self.batch_size)
+        if self.limit is not None:
+            positive("eval.lm_eval.limit", self.limit)
+        if self.include_path is not None and not Path(self.include_path).is_dir():
+            raise ConfigError("eval.lm_eval.include_path", self.include_path, "no such folder")
+
+
+@dataclass
 class EvalConfig:
     """What is measured after training: held-out loss/perplexity, RougeL of generations, MMLU."""
 
@@ -282,6 +311,7 @@ class EvalConfig:
     max_new_tokens: int = 64  # generation length cap
     mmlu: MmluConfig = field(default_factory=MmluConfig)
     ppl: PplConfig = field(default_factory=PplConfig)
+    lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
     prompts: Optional[str] = None  # JSONL of id, prompt[, reference], or oasst1: answered into generations.jsonl
     prompt_template: str = "{prompt}"  # how a prompt is put to the model (Guanaco: "### Human: {prompt}### Assistant:")
     sampling: str = "greedy"  # greedy | paper (top-p 0.9, temperature 0.7), seeded by train.seed
@@ -300,6 +330,7 @@ class EvalConfig:
             raise ConfigError("eval.prompt_template", self.prompt_template, "must contain {prompt}")
         self.mmlu.validate()
         self.ppl.validate()
+        self.lm_eval.validate()
 
 
 @dataclass
@@ -320,6 +351,25 @@ class RunConfig:
         self.lora.validate(self.model.family)
         self.train.validate()
         self.eval.validate()
+        self._validate_across_groups()
+
+    def _validate_across_groups(self) -> None:
+        """Choices that are each valid but do not go together, refused before any model loads."""
+        kind = self.model.kind
+        if (self.dataset.format == "glue") != (kind == "classifier"):
+            raise ConfigError("dataset", self.dataset.name,
+                              "a classifier model needs a classification dataset (dataset=glue)" if kind == "classifier"
+                              else f"dataset={self.dataset.name} is a classification dataset; it needs "
+                                   f"model.kind=classifier (model={self.model.name} is {kind})")
+        if not self.lora.enabled and self.dtype.backend != "none":
+            raise ConfigError("lora.enabled", False, f"full fine-tuning needs an unquantized base (dtype=bf16 or "
+                                                     f"fp32), not dtype={self.dtype.name}")
+        causal_only = {"eval.mmlu.path": self.eval.mmlu.path, "eval.ppl.path": self.eval.ppl.path,
+                       "eval.ppl.hub_id": self.eval.ppl.hub_id,
+                       "eval.lm_eval.tasks": ",".join(self.eval.lm_eval.tasks) or None}
+        for key, value in causal_only.items():
+            if value is not None and kind != "causal":
+                raise ConfigError(key, value, f"needs model.kind=causal (model={self.model.name} is {kind})")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

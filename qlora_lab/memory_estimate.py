@@ -33,7 +33,7 @@ class MemoryEstimate:
     base_weights_mb: float  # linear layers as stored (4-bit codes + block constants, or 16/32-bit)
     unquantized_mb: float  # embeddings, output head, norms: kept in the compute dtype
     lora_mb: float  # adapter parameters (float32)
-    gradients_mb: float  # adapter gradients (float32)
+    gradients_mb: float  # adapter gradients (float32); every weight's with lora.enabled=false
     optimizer_mb: float  # optimizer state of the adapters
     activations_mb: float  # saved activations and input gradients of the largest batch
     total_mb: float
@@ -45,10 +45,15 @@ class MemoryEstimate:
 def linear_shapes(arch, family: str) -> dict[str, tuple[int, int]]:
     """(in, out) features of each linear layer of one decoder block, by module name."""
     h, f = arch.hidden_size, arch.intermediate_size
-    if family != "llama":
-        raise ValueError(f"memory estimate: model.family={family}: only llama-family shapes are known")
-    return {"q_proj": (h, h), "k_proj": (h, h), "v_proj": (h, h), "o_proj": (h, h),
-            "gate_proj": (h, f), "up_proj": (h, f), "down_proj": (f, h)}
+    if family == "llama":
+        return {"q_proj": (h, h), "k_proj": (h, h), "v_proj": (h, h), "o_proj": (h, h),
+                "gate_proj": (h, f), "up_proj": (h, f), "down_proj": (f, h)}
+    if family == "opt":
+        return {"q_proj": (h, h), "k_proj": (h, h), "v_proj": (h, h), "out_proj": (h, h), "fc1": (h, f), "fc2": (f, h)}
+    if family in ("gpt_neox", "bloom"):
+        return {"query_key_value": (h, 3 * h), "dense": (h, h), "dense_h_to_4h": (h, f), "dense_4h_to_h": (f, h)}
+    raise ValueError(f"memory estimate: model.family={family}: only decoder-only (llama, opt, gpt_neox, bloom) "
+                     f"shapes are known")
 
 
 def stored_bytes_per_weight(dtype) -> float:
@@ -63,23 +68,25 @@ def stored_bytes_per_weight(dtype) -> float:
     return (bits + per_block) / 8
 
 
-def layer_activation_elements(arch, targets: list[str]) -> int:
+def layer_activation_elements(arch, targets: list[str], family: str = "llama") -> int:
     """Elements one decoder layer saves for backward, per token: its norms' inputs and
     outputs, q/k/v after rotary, the attention output and o_proj's input, the MLP's gate, up,
     activation and down_proj input, and each adapter's dropout output and rank-r input."""
     h, f = arch.hidden_size, arch.intermediate_size
-    shapes = linear_shapes(arch, "llama")
-    elements = 2 * h + 2 * h + 3 * h + h + h + 3 * f + f
+    shapes = linear_shapes(arch, family)
+    mlp = 3 * f + f if family == "llama" else 2 * f  # gated (gate, up, act, down input) or plain (fc1 out, act)
+    elements = 2 * h + 2 * h + 3 * h + h + h + mlp
     return elements + sum(shapes[name][0] for name in targets)
 
 
-def activation_bytes_per_token(arch, targets: list[str], checkpointing: bool, cb: int) -> float:
+def activation_bytes_per_token(arch, targets: list[str], checkpointing: bool, cb: int,
+                               family: str = "llama") -> float:
     """The peak is the larger of two moments. At the loss: every saved activation (with
     checkpointing only each layer's input) and the head's logits, their float32 copy for the
     loss and its log-softmax. In backward through the last layer: the layer inputs, that
     layer's recomputed activations and the input gradients (checkpointing only; without it the
     first moment is the larger)."""
-    h, layer = arch.hidden_size, layer_activation_elements(arch, targets)
+    h, layer = arch.hidden_size, layer_activation_elements(arch, targets, family)
     head = arch.vocab_size * (cb + (4 if cb != 4 else 0) + 4)
     kept = arch.num_layers * (h if checkpointing else layer) * cb
     at_loss = kept + head
@@ -105,13 +112,24 @@ def estimate_memory(config: RunConfig, compute: str) -> MemoryEstimate:
         base += sum(o for _, o in shapes.values()) * layers * 4
     unquantized = (2 * arch.vocab_size * arch.hidden_size + (2 * layers + 1) * arch.hidden_size) * cb
 
-    targets = target_names(model.family, lora.targets)
-    lora_params = sum(lora.r * (shapes[name][0] + shapes[name][1]) for name in targets) * layers
-    optimizer = OPTIMIZER_BYTES.get(train.optimizer, 8) * lora_params
-
     tokens = train.batch_size * (train.source_max_len + train.target_max_len)
-    activations = tokens * activation_bytes_per_token(arch, targets, train.gradient_checkpointing, cb)
+    if train.max_steps == 0:  # eval-only: weights, one layer's activations and the head's logits
+        head = arch.vocab_size * (cb + 4 + 4)
+        activations = tokens * (layer_activation_elements(arch, [], model.family) * cb + head)
+        parts = [base / MB, unquantized / MB, 0.0, 0.0, 0.0, activations / MB]
+        return MemoryEstimate(*parts, total_mb=sum(parts))
+    shapes_present = set(shapes)
+    targets = [name for name in target_names(model.family, lora.targets) if name in shapes_present]
+    if lora.enabled:
+        lora_params = sum(lora.r * (shapes[name][0] + shapes[name][1]) for name in targets) * layers
+        trained, gradient_bytes = lora_params, lora_params * 4  # adapters in float32
+    else:  # full fine-tuning: every weight has a gradient and optimizer state, in the weights' dtype
+        lora_params, targets = 0, []
+        trained = weights + unquantized / cb
+        gradient_bytes = trained * cb
+    optimizer = OPTIMIZER_BYTES.get(train.optimizer, 8) * trained
+    activations = tokens * activation_bytes_per_token(arch, targets, train.gradient_checkpointing, cb, model.family)
 
-    parts = [base / MB, unquantized / MB, lora_params * 4 / MB, lora_params * 4 / MB, optimizer / MB,
+    parts = [base / MB, unquantized / MB, lora_params * 4 / MB, gradient_bytes / MB, optimizer / MB,
              activations / MB]
     return MemoryEstimate(*parts, total_mb=sum(parts))

@@ -109,27 +109,51 @@ def _train_and_evaluate(config: RunConfig, run_dir: Path, record: Record, start:
     import torch
 
     from qlora_lab.data.load import load_splits
-    from qlora_lab.data.tokens import encode_pairs
-    from qlora_lab.model.build import adapter_dir, build_model
+    from qlora_lab.model.build import adapter_dir, build_model, full_model_dir
 
     record.env = environment("cuda:" + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
     splits = load_splits(config.dataset)  # bad data fails here, before any model is loaded
     record.data = {"name": config.dataset.name, "fingerprint": splits.fingerprint,
                    "n_train": len(splits.train), "n_eval": len(splits.eval), "eval_split": splits.eval_split}
+    if config.eval.lm_eval.tasks:  # a misspelt task fails here, before any training
+        from qlora_lab.evaluate.zero_shot import task_manager
+
+        task_manager(config.eval.lm_eval.tasks, config.eval.lm_eval.include_path)
     tc = config.train
     load_start = time.perf_counter()
     built = build_model(config.model, config.dtype, config.lora, seed=tc.seed,
-                        gradient_checkpointing=tc.gradient_checkpointing)
+                        gradient_checkpointing=tc.gradient_checkpointing, num_labels=_num_labels(config))
     record.timing["load_s"] = round(time.perf_counter() - load_start, 3)  # a first-ever build included
     record.model = vars(built.info).copy()
-    encode = lambda pairs: encode_pairs(pairs, built.tokenizer, tc.source_max_len, tc.target_max_len,
-                                        tc.train_on_source)
+    encode = _encoder(config, built.tokenizer)
     if tc.max_steps > 0:
         _train(config, built, encode(splits.train), run_dir, record, start)
-        built.model.save_pretrained(adapter_dir(run_dir))
+        built.model.save_pretrained(adapter_dir(run_dir) if config.lora.enabled else full_model_dir(run_dir))
     eval_start = time.perf_counter()
     _evaluate(config, built, encode, splits.eval, run_dir, record)
     record.timing["eval_s"] = round(time.perf_counter() - eval_start, 3)
+
+
+def _num_labels(config: RunConfig) -> int | None:
+    from qlora_lab.data.glue import num_labels
+
+    return num_labels(config.dataset.task) if config.model.kind == "classifier" else None
+
+
+def _encoder(config: RunConfig, tokenizer):
+    """pairs -> token examples, as the model kind reads them."""
+    from qlora_lab.data import tokens
+
+    tc = config.train
+    if config.model.kind == "seq2seq":
+        return lambda pairs: tokens.encode_seq2seq(pairs, tokenizer, tc.source_max_len, tc.target_max_len)
+    if config.model.kind == "classifier":
+        from qlora_lab.data.glue import GLUE_TASKS
+
+        labels = GLUE_TASKS[config.dataset.task].labels
+        return lambda pairs: tokens.encode_classes(pairs, tokenizer, labels, tc.source_max_len)
+    return lambda pairs: tokens.encode_pairs(pairs, tokenizer, tc.source_max_len, tc.target_max_len,
+                                             tc.train_on_source)
 
 
 def _train(config: RunConfig, built, examples: list[dict], run_dir: Path, record: Record, start: float) -> None:
@@ -176,10 +200,16 @@ def _evaluate(config: RunConfig, built, encode, eval_pairs, run_dir: Path, recor
     device = next(built.model.parameters()).device.type
     answer = lambda pairs, ids: generate_answers(built.model, built.tokenizer, pairs, ec.max_new_tokens,
                                                  tc.source_max_len, ids=ids, sampling=ec.sampling, seed=tc.seed)
+    if config.model.kind == "classifier":
+        with compute_autocast(config.dtype.compute_dtype, device):
+            record.metrics.update(_classification(built, encode(eval_pairs), config))
+        return
     with compute_autocast(config.dtype.compute_dtype, device):
         if ec.loss:
             loss, ppl = heldout_loss(built.model, encode(eval_pairs), built.tokenizer.pad_token_id, ec.batch_size)
             record.metrics.update(eval_loss=loss, ppl=ppl, ppl_on="heldout")
+        if ec.lm_eval.tasks:
+            record.metrics.update(_zero_shot(built, ec.lm_eval, tc.seed))
         if ec.ppl.path or ec.ppl.hub_id:
             record.metrics.update(_corpus_ppl(built, ec))
         if ec.mmlu.path:
@@ -209,6 +239,22 @@ def _corpus_ppl(built, ec) -> dict:
     ppl, tokens = corpus_perplexity(built.model, built.tokenizer, texts, ec.ppl.seq_len, ec.ppl.max_tokens,
                                     ec.batch_size)
     return {"ppl": ppl, "ppl_on": "corpus", "ppl_tokens": tokens}
+
+
+def _classification(built, examples: list[dict], config: RunConfig) -> dict:
+    from qlora_lab.evaluate.classification import glue_metrics, predict
+
+    predictions, labels, loss = predict(built.model, examples, built.tokenizer.pad_token_id, config.eval.batch_size)
+    return {"eval_loss": loss, **glue_metrics(config.dataset.task, predictions, labels), "n_scored": len(labels)}
+
+
+def _zero_shot(built, cfg, seed: int) -> dict:
+    from qlora_lab.evaluate.zero_shot import zero_shot
+
+    result = zero_shot(built.model, built.tokenizer, cfg.tasks, cfg.include_path, cfg.num_fewshot, cfg.limit,
+                       cfg.batch_size, seed)
+    return {"zero_shot": result.accuracy, "zero_shot_acc_norm": result.accuracy_norm,
+            "zero_shot_n": result.n_questions, "zero_shot_mean": result.mean}
 
 
 def _mmlu(built, cfg) -> dict:

@@ -47,8 +47,17 @@ def load_splits(cfg: DatasetConfig) -> Splits:
     return Splits(train=train_pairs, eval=eval_pairs, fingerprint=fingerprint)
 
 
+def row_format(cfg: DatasetConfig):
+    """The dataset's row -> pair function; GLUE's depends on the task."""
+    if cfg.format == "glue":
+        from qlora_lab.data.glue import glue_format
+
+        return glue_format(cfg.task)
+    return FORMATS[cfg.format]
+
+
 def _pairs(cfg: DatasetConfig, rows: list[dict]) -> list[tuple[str, str]]:
-    fmt = FORMATS[cfg.format]
+    fmt = row_format(cfg)
     pairs = []
     for index, raw in enumerate(rows):
         for row in _exploded(fmt, raw, cfg, index):
@@ -76,7 +85,7 @@ def _field_list(fmt) -> str:
     return ", ".join(list(fmt.fields) + [f"{name} (optional)" for name in fmt.optional])
 
 
-EVAL_SPLITS = ("eval", "validation", "test")  # a dataset's own eval split, first found
+EVAL_SPLITS = ("eval", "validation", "validation_matched", "test")  # a dataset's own eval split, first found
 
 
 def _raw_rows(cfg: DatasetConfig) -> tuple[list[dict], str, tuple[str, list[dict]] | None]:

@@ -11,7 +11,9 @@ from qlora_lab.data.tokens import IGNORE_INDEX, PadCollator
 
 @torch.no_grad()
 def heldout_loss(model, examples: list[dict], pad_token_id: int, batch_size: int) -> tuple[float, float]:
-    """(mean loss per target token, its perplexity) over `examples`."""
+    """(mean loss per target token, its perplexity) over `examples`. A decoder-only model
+    predicts each next token of its input; an encoder-decoder (T5) its labels, decoded from
+    the labels shifted right."""
     was_training = model.training
     model.eval()
     collate = PadCollator(pad_token_id)
@@ -19,12 +21,20 @@ def heldout_loss(model, examples: list[dict], pad_token_id: int, batch_size: int
     total, count = 0.0, 0
     for start in range(0, len(examples), batch_size):
         batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size]).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-        labels = batch["labels"][:, 1:]
-        losses = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels,
-                                                   ignore_index=IGNORE_INDEX, reduction="sum")
+        if _encoder_decoder(model):
+            logits = model(**batch).logits.float()
+            labels = batch["labels"]
+        else:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()[:, :-1]
+            labels = batch["labels"][:, 1:]
+        losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
+                                                   reduction="sum")
         total += losses.item()
         count += int((labels != IGNORE_INDEX).sum())
     model.train(was_training)
     loss = total / max(count, 1)
     return loss, math.exp(min(loss, 50.0))
+
+
+def _encoder_decoder(model) -> bool:
+    return bool(getattr(model.config, "is_encoder_decoder", False))

@@ -12,19 +12,26 @@ SAMPLING = {"greedy": {"do_sample": False}, "paper": {"do_sample": True, "top_p"
 @torch.no_grad()
 def generate_answers(model, tokenizer, pairs: list[tuple[str, str]], max_new_tokens: int, source_max_len: int,
                      ids: list | None = None, sampling: str = "greedy", seed: int = 0) -> list[dict]:
-    """One answer per (source, reference) pair, as generations.jsonl rows; sampling is seeded."""
+    """One answer per (source, reference) pair, as generations.jsonl rows; sampling is seeded.
+    The source is encoded as in training: bos + source for a decoder-only model (the answer is
+    what follows it), source + eos into an encoder-decoder's encoder (the answer is the output)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
     torch.manual_seed(seed)
     rows = []
     for index, (source, reference) in enumerate(pairs):
-        tokens = tokenizer(tokenizer.bos_token + source, max_length=source_max_len, truncation=True,
-                           add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
+        if encoder_decoder:
+            source_ids = tokenizer(source, max_length=source_max_len - 1, truncation=True, add_special_tokens=False)
+            tokens = torch.tensor([source_ids["input_ids"] + [tokenizer.eos_token_id]], device=device)
+        else:
+            tokens = tokenizer(tokenizer.bos_token + source, max_length=source_max_len, truncation=True,
+                               add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
         out = model.generate(input_ids=tokens, attention_mask=torch.ones_like(tokens), max_new_tokens=max_new_tokens,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                              **SAMPLING[sampling])
-        answer = tokenizer.decode(out[0, tokens.shape[1]:], skip_special_tokens=True)
+        answer = tokenizer.decode(out[0] if encoder_decoder else out[0, tokens.shape[1]:], skip_special_tokens=True)
         rows.append({"id": index if ids is None else ids[index], "prompt": source, "reference": reference,
                      "generation": answer})
     model.train(was_training)

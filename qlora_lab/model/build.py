@@ -14,7 +14,14 @@ import torch
 from qlora_lab.config import DTypeConfig, LoraConfig, ModelConfig
 from qlora_lab.model.bits import base_linear_bits, total_stored_bits
 from qlora_lab.model.quantize import bnb_config, disable_cpu_weight_repacking, load_dtype
-from qlora_lab.model.targets import target_names
+from qlora_lab.model.targets import peft_target_pattern, target_names
+
+# model.kind -> (transformers auto class, peft task type, modules kept unquantized and trained in full)
+KINDS = {
+    "causal": ("AutoModelForCausalLM", "CAUSAL_LM", ()),
+    "seq2seq": ("AutoModelForSeq2SeqLM", "SEQ_2_SEQ_LM", ()),
+    "classifier": ("AutoModelForSequenceClassification", "SEQ_CLS", ("classifier",)),  # the paper trained the head
+}
 
 
 @dataclass
@@ -55,46 +62,66 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
-def load_base(path: str, dtype: DTypeConfig) -> torch.nn.Module:
+def load_base(path: str, dtype: DTypeConfig, kind: str = "causal", num_labels: int | None = None) -> torch.nn.Module:
     """The base in the dtype group's storage: bitsandbytes through transformers, our own
-    codecs (backend lab: layers swapped after a 16-bit load), or unquantized."""
-    from transformers import AutoModelForCausalLM
+    codecs (backend lab: layers swapped after a 16-bit load), or unquantized. The output head
+    (and a classifier's head) stays unquantized."""
+    import transformers
 
+    auto_class, _, heads = KINDS[kind]
+    extra = {"num_labels": num_labels} if kind == "classifier" else {}
     device_map = "auto" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=bnb_config(dtype),
-                                                 dtype=load_dtype(dtype), device_map=device_map)
+    model = getattr(transformers, auto_class).from_pretrained(
+        path, quantization_config=bnb_config(dtype, skip_modules=heads), dtype=load_dtype(dtype),
+        device_map=device_map, **extra)
     if dtype.backend == "lab":
         from qlora_lab.model.lab_backend import quantize_linears
 
-        head = model.get_output_embeddings()
-        quantize_linears(model, dtype, skip={id(head)} if head is not None else set())
+        quantize_linears(model, dtype, skip=_head_ids(model, heads))
     disable_cpu_weight_repacking(model)
     return model
 
 
+def _head_ids(model: torch.nn.Module, heads: tuple[str, ...]) -> set[int]:
+    """ids of the modules that stay unquantized: the output embeddings and the named heads."""
+    out = model.get_output_embeddings()
+    kept = {id(out)} if out is not None else set()
+    for name in heads:
+        for module in model.get_submodule(name).modules():
+            kept.add(id(module))
+    return kept
+
+
 def build_model(model_cfg: ModelConfig, dtype: DTypeConfig, lora: LoraConfig, seed: int,
-                gradient_checkpointing: bool) -> BuiltModel:
-    """Base + quantization + LoRA adapters; adapter init is seeded, so runs repeat exactly."""
+                gradient_checkpointing: bool, num_labels: int | None = None) -> BuiltModel:
+    """Base + quantization + LoRA adapters (or, with lora.enabled=false, every weight trained);
+    adapter init is seeded, so runs repeat exactly."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
     path = model_path(model_cfg)
     tokenizer = load_tokenizer(path)
-    base = load_base(path, dtype)
-    head = base.get_output_embeddings()
-    stored = base_linear_bits(base, skip={id(head)} if head is not None else set())
+    torch.manual_seed(seed)  # a classifier's fresh head is initialised at load
+    base = load_base(path, dtype, model_cfg.kind, num_labels)
+    _, task_type, heads = KINDS[model_cfg.kind]
+    stored = base_linear_bits(base, skip=_head_ids(base, heads))
     total_bits = total_stored_bits(base)
     n_params = _logical_params(base)
-    base = prepare_base(base, dtype, gradient_checkpointing)
-    torch.manual_seed(seed)
-    adapters = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                              target_modules=target_names(model_cfg.family, lora.targets),
-                              bias="none", task_type="CAUSAL_LM")
-    if dtype.backend == "lab":
-        from qlora_lab.model.lab_backend import register_with_peft
+    if not lora.enabled:  # full fine-tuning: the 16-bit baseline
+        if gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = base
+    else:
+        base = prepare_base(base, dtype, gradient_checkpointing)
+        torch.manual_seed(seed)
+        adapters = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                  target_modules=peft_target_pattern(target_names(model_cfg.family, lora.targets)),
+                                  bias="none", task_type=task_type, modules_to_save=list(heads) or None)
+        if dtype.backend == "lab":
+            from qlora_lab.model.lab_backend import register_with_peft
 
-        register_with_peft(adapters)
-    model = get_peft_model(base, adapters)
+            register_with_peft(adapters)
+        model = get_peft_model(base, adapters)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     info = ModelInfo(name=model_cfg.name, path=path, n_params=n_params, n_trainable=n_trainable,
                      bits_per_param=round(stored.bits_per_param, 6),
@@ -116,12 +143,13 @@ def prepare_base(base: torch.nn.Module, dtype: DTypeConfig, gradient_checkpointi
                                            gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def load_with_adapter(model_cfg: ModelConfig, dtype: DTypeConfig, adapter: Path) -> BuiltModel:
+def load_with_adapter(model_cfg: ModelConfig, dtype: DTypeConfig, adapter: Path,
+                      num_labels: int | None = None) -> BuiltModel:
     """A freshly quantized base with a saved adapter on top, prepared as in training."""
     from peft import PeftModel
 
     path = model_path(model_cfg)
-    base = prepare_base(load_base(path, dtype), dtype, gradient_checkpointing=False)
+    base = prepare_base(load_base(path, dtype, model_cfg.kind, num_labels), dtype, gradient_checkpointing=False)
     if dtype.backend == "lab":
         from peft import PeftConfig
 
@@ -158,3 +186,8 @@ def _quantized_layers(model: torch.nn.Module) -> int:
 
 def adapter_dir(run_dir: Path) -> Path:
     return run_dir / "adapter"
+
+
+def full_model_dir(run_dir: Path) -> Path:
+    """Where a full fine-tune (lora.enabled=false) saves its weights."""
+    return run_dir / "model"

@@ -32,15 +32,18 @@ def compute_autocast(compute_dtype: str, device_type: str = "cpu"):
     return torch.autocast(device_type=device_type, dtype=dtype)
 
 
-def bnb_config(cfg: DTypeConfig) -> BitsAndBytesConfig | None:
+def bnb_config(cfg: DTypeConfig, skip_modules: tuple[str, ...] = ()) -> BitsAndBytesConfig | None:
     """bitsandbytes' quantization through transformers: the paper's own path. None for the other
-    backends (unquantized, or quantized by qlora_kernels after a 16-bit load)."""
+    backends (unquantized, or quantized by qlora_kernels after a 16-bit load). `skip_modules`
+    stay unquantized (a classifier's head), beside what transformers keeps (the output head)."""
     if cfg.backend != "bnb":
         return None
+    skip = {"llm_int8_skip_modules": ["lm_head", *skip_modules]} if skip_modules else {}
     if cfg.name == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(load_in_8bit=True, **skip)
     return BitsAndBytesConfig(
         load_in_4bit=True,
+        **skip,
         bnb_4bit_quant_type=cfg.name,
         bnb_4bit_use_double_quant=cfg.double_quant,
         bnb_4bit_compute_dtype=torch_dtype(cfg.compute_dtype),

@@ -1,4 +1,8 @@
-"""LoRA target names per architecture family: what `lora.targets=qv|attn|mlp|all` means."""
+"""LoRA target names per architecture family: what `lora.targets=qv|attn|mlp|all` means.
+
+peft matches a name against the end of a module's dotted path, so a dotted name (RoBERTa's
+`attention.self.query`) picks out one module where a bare one (`dense`) would hit several.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +27,23 @@ TARGET_GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
         "attn": ("query_key_value", "dense"),
         "mlp": ("dense_h_to_4h", "dense_4h_to_h"),
     },
+    "t5": {  # self- and cross-attention alike; wi: T5 1.0, wi_0 / wi_1: T5 1.1's gated MLP
+        "qv": ("q", "v"),
+        "attn": ("q", "k", "v", "o"),
+        "mlp": ("wi", "wi_0", "wi_1", "wo"),
+    },
+    "roberta": {  # the classification head is not a target: it is trained in full
+        "qv": ("attention.self.query", "attention.self.value"),
+        "attn": ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"),
+        "mlp": ("intermediate.dense", "layer.*.output.dense"),
+    },
+}
+
+# model.kind -> the families it can be (what `model.family` may name for that kind)
+KIND_FAMILIES: dict[str, list[str]] = {
+    "causal": ["bloom", "gpt_neox", "llama", "opt"],
+    "seq2seq": ["t5"],
+    "classifier": ["roberta"],
 }
 
 
@@ -34,3 +55,13 @@ def target_names(family: str, targets: str | list[str]) -> list[str]:
     if targets == "all":
         return list(dict.fromkeys(groups["attn"] + groups["mlp"]))
     return list(groups[targets])
+
+
+def peft_target_pattern(names: list[str]) -> str:
+    """The names as one regex for peft's `target_modules` (full match on a module's dotted path):
+    each name matches the end of the path, as peft's own list matching does, and a `*` stands
+    for one path component (RoBERTa's `layer.*.output.dense`, apart from `attention.output.dense`)."""
+    import re
+
+    alternatives = "|".join(re.escape(name).replace(r"\*", r"[^.]+") for name in names)
+    return rf"(.*\.)?({alternatives})"

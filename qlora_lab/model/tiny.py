@@ -1,9 +1,12 @@
 """Bases built locally from a config: never downloaded, built once, cached on disk.
 
-A byte-level BPE tokenizer is trained on the stdlib pretraining text, then a Llama of
+A byte-level BPE tokenizer is trained on the stdlib pretraining text, then a model of
 `model.arch` is pretrained on it for `model.pretrain.steps` (a plain loop: the whole recipe
-reads in one screen). The folder it leaves is an ordinary transformers checkpoint, so the run
-loads it through the same `from_pretrained` + `BitsAndBytesConfig` path as a hub model.
+reads in one screen): a Llama (causal) by next-token prediction, a T5 (seq2seq) by continuing
+a window's first half, a RoBERTa (classifier) by masked-token prediction. The folder it leaves
+is an ordinary transformers checkpoint, so the run loads it through the same
+`from_pretrained` + `BitsAndBytesConfig` path as a hub model (a classifier's head is then
+initialised fresh, as for a hub RoBERTa).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ BUILD_VERSION = 1  # bump when the recipe below changes
 
 def built_model_dir(cfg: ModelConfig) -> Path:
     """The cached checkpoint folder of a `source=build` model, building it when missing."""
-    key = _build_key(cfg.arch, cfg.pretrain)
+    key = _build_key(cfg.arch, cfg.pretrain, cfg.kind)
     target = cache_dir() / "models" / f"{cfg.name}-{key}"
     if (target / "config.json").exists():
         return target
@@ -32,41 +35,85 @@ def built_model_dir(cfg: ModelConfig) -> Path:
         if not (target / "config.json").exists():
             staging = target.with_name(target.name + ".partial")
             shutil.rmtree(staging, ignore_errors=True)
-            _build(cfg.arch, cfg.pretrain, staging, label=cfg.name)
+            _build(cfg.arch, cfg.pretrain, cfg.kind, staging, label=cfg.name)
             staging.rename(target)
     return target
 
 
-def _build_key(arch: Arch, pretrain: Pretrain) -> str:
+def _build_key(arch: Arch, pretrain: Pretrain, kind: str = "causal") -> str:
     spec = {"arch": dataclasses.asdict(arch), "pretrain": dataclasses.asdict(pretrain),
             "python": sys.version.split()[0], "version": BUILD_VERSION}
+    if kind != "causal":  # the causal key predates kinds; cached tiny bases stay valid
+        spec["kind"] = kind
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _build(arch: Arch, pretrain: Pretrain, out: Path, label: str) -> None:
+def _build(arch: Arch, pretrain: Pretrain, kind: str, out: Path, label: str) -> None:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from qlora_lab.data.stdlib import pretrain_text
 
     text = pretrain_text()
-    tokenizer = train_tokenizer(text, arch.vocab_size)
+    tokenizer = train_tokenizer(text, arch.vocab_size, kind)
     torch.manual_seed(pretrain.seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=arch.hidden_size, intermediate_size=arch.intermediate_size,
-        num_hidden_layers=arch.num_layers, num_attention_heads=arch.num_heads, num_key_value_heads=arch.num_heads,
-        max_position_embeddings=arch.max_seq_len, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(config)
+    model = _new_model(kind, arch, tokenizer)
     if pretrain.steps:
         ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
-        _pretrain(model, ids, pretrain, label)
+        _pretrain(model, ids, pretrain, label, _objective(kind, tokenizer))
+    if kind == "classifier":  # saved as an encoder, loaded with a fresh head: what a hub RoBERTa is
+        model.config.architectures = ["RobertaForSequenceClassification"]
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
 
 
-def _pretrain(model, ids, pretrain: Pretrain, label: str) -> None:
+def _new_model(kind: str, arch: Arch, tokenizer):
+    """A randomly initialised model of the kind's family, shaped by `arch`."""
+    from transformers import LlamaConfig, LlamaForCausalLM, RobertaConfig, RobertaForMaskedLM, T5Config
+    from transformers import T5ForConditionalGeneration
+
+    specials = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id)
+    if kind == "seq2seq":  # T5 1.1: gated-GELU MLP (wi_0, wi_1, wo), untied head
+        return T5ForConditionalGeneration(T5Config(
+            vocab_size=len(tokenizer), d_model=arch.hidden_size, d_ff=arch.intermediate_size,
+            d_kv=arch.hidden_size // arch.num_heads, num_layers=arch.num_layers, num_heads=arch.num_heads,
+            feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=tokenizer.pad_token_id,
+            dropout_rate=0.0, **specials))
+    if kind == "classifier":
+        return RobertaForMaskedLM(RobertaConfig(
+            vocab_size=len(tokenizer), hidden_size=arch.hidden_size, intermediate_size=arch.intermediate_size,
+            num_hidden_layers=arch.num_layers, num_attention_heads=arch.num_heads,
+            max_position_embeddings=arch.max_seq_len + 2, **specials))
+    return LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=arch.hidden_size, intermediate_size=arch.intermediate_size,
+        num_hidden_layers=arch.num_layers, num_attention_heads=arch.num_heads, num_key_value_heads=arch.num_heads,
+        max_position_embeddings=arch.max_seq_len, tie_word_embeddings=False, **specials))
+
+
+def _objective(kind: str, tokenizer):
+    """batch of token windows -> the kind's pretraining loss."""
+    import torch
+
+    if kind == "seq2seq":  # the first half in, the second half out
+        def continuation(model, batch):
+            half = batch.shape[1] // 2
+            return model(input_ids=batch[:, :half], labels=batch[:, half:].contiguous()).loss
+        return continuation
+    if kind == "classifier":  # BERT's masking: 15% of tokens, 80% of them <mask>, 10% random, 10% kept
+        def masked(model, batch):
+            picked = torch.rand(batch.shape) < 0.15
+            labels = torch.where(picked, batch, torch.full_like(batch, -100))
+            inputs = batch.clone()
+            roll = torch.rand(batch.shape)
+            inputs[picked & (roll < 0.8)] = tokenizer.mask_token_id
+            swap = picked & (roll >= 0.8) & (roll < 0.9)
+            inputs[swap] = torch.randint(len(tokenizer), (int(swap.sum()),))
+            return model(input_ids=inputs, labels=labels).loss
+        return masked
+    return lambda model, batch: model(input_ids=batch, labels=batch).loss
+
+
+def _pretrain(model, ids, pretrain: Pretrain, label: str, objective) -> None:
     """nanoGPT-style: random windows of the token stream, AdamW, warmup then cosine."""
     import torch
     from tqdm.auto import tqdm
@@ -80,7 +127,7 @@ def _pretrain(model, ids, pretrain: Pretrain, label: str) -> None:
     for _ in progress:
         starts = torch.randint(0, len(ids) - pretrain.seq_len - 1, (pretrain.batch_size,), generator=windows)
         batch = torch.stack([ids[s : s + pretrain.seq_len] for s in starts.tolist()])
-        loss = model(input_ids=batch, labels=batch).loss
+        loss = objective(model, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -96,19 +143,32 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train_tokenizer(text: str, vocab_size: int):
-    """A byte-level BPE (GPT-2 style) trained on `text`, wrapped as a transformers tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def train_tokenizer(text: str, vocab_size: int, kind: str = "causal"):
+    """A byte-level BPE (GPT-2 style) trained on `text`, wrapped as a transformers tokenizer.
+    Encoder kinds add their family's special tokens around a text (T5: `a </s>`; RoBERTa:
+    `<s> a </s></s> b </s>`, and a <mask> for pretraining); the causal one adds none (the run
+    puts bos and eos where the paper's code did)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<pad>", "<s>", "</s>"]
+    specials = ["<pad>", "<s>", "</s>"] + (["<mask>"] if kind == "classifier" else [])
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     core.train_from_iterator(_chunks(text), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    ids = {token: core.token_to_id(token) for token in specials}
+    if kind == "seq2seq":
+        core.post_processor = processors.TemplateProcessing(
+            single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", ids["</s>"])])
+    elif kind == "classifier":
+        core.post_processor = processors.TemplateProcessing(
+            single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+            special_tokens=[("<s>", ids["<s>"]), ("</s>", ids["</s>"])])
+    extra = {"mask_token": "<mask>"} if kind == "classifier" else {}
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   **extra)
 
 
 def _chunks(text: str, size: int = 1 << 16):

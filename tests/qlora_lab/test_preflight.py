@@ -22,7 +22,7 @@ CASES = [
     (["dtype=nf4", "dtype.codebook={kind: posit}"], "dtype.backend=bnb: a dtype.codebook needs backend lab"),
     (["dtype=nf4", "dtype.backend=lab", "+dtype.codebook={kind: posit}"], "dtype.codebook={'kind': 'posit'}: codebook 'nf4': kind 'posit' is not one of"),
     (["-m", "dtype=nf4,nf5"], "dtype=nf5: expected one of"),
-    (["model=llama_9b"], "model=llama_9b: expected one of llama_13b, llama_33b, llama_65b, llama_7b, tiny"),
+    (["model=llama_9b"], "model=llama_9b: expected one of bloom_1b1, bloom_1b7,"),
     (["lora.modulez=[q_proj]"], "lora.modulez: unknown key; expected one of r, alpha, dropout, targets"),
     (["+lora.modulez=[q_proj]"], "lora.modulez: unknown key; expected one of r, alpha, dropout, targets"),
     (["-m", "lora.r=8,0"], "lora.r=0: expected an integer > 0"),

@@ -34,10 +34,10 @@ EXPECTED = {  # dataset -> (fixture, one (source, target) it must produce, numbe
 }
 
 
-def dataset_config(name: str, path, n_eval: int = 1):
+def dataset_config(name: str, path, n_eval: int = 1, *extra: str):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"dataset={name}", f"dataset.path={path}",
-                                                       f"dataset.n_eval={n_eval}"])
+                                                       f"dataset.n_eval={n_eval}", *extra])
     return run_config(cfg).dataset
 
 
@@ -52,9 +52,35 @@ def test_fixture_gives_the_exact_pairs(name):
     assert pair in pairs
 
 
+GLUE_EXPECTED = {  # task -> (one (source, target) its fixture must produce, number of pairs)
+    "sst2": (("the story is tedious and flat", "negative"), 96),
+    "mrpc": ((("The company posted a profit of 5 million.", "A profit of 5 million was posted by the company."),
+              "equivalent"), 6),
+    "stsb": ((("A man is playing a guitar.", "A man plays the guitar."), "4.8"), 6),
+}
+
+
+@pytest.mark.parametrize("task", sorted(GLUE_EXPECTED))
+def test_glue_fixture_gives_the_tasks_text_and_label_name(task):
+    pair, count = GLUE_EXPECTED[task]
+    cfg = dataset_config("glue", DATA / f"glue_{task}.jsonl", 2, "model=tiny_roberta", f"dataset.task={task}")
+    assert (cfg.hub_id, cfg.hub_config) == ("nyu-mll/glue", task)  # the hub's config of the same name
+    splits = load_splits(cfg)
+    assert len(splits.train + splits.eval) == count and pair in splits.train + splits.eval
+
+
+def test_a_glue_row_from_the_unlabelled_test_split_is_refused(tmp_path):
+    bad = tmp_path / "sst2.jsonl"
+    bad.write_text(json.dumps({"sentence": "a film", "label": -1, "idx": 0}) + "\n"
+                   + (DATA / "glue_sst2.jsonl").read_text())
+    with pytest.raises(DataError, match=r"dataset=glue: row 1: label -1 is not one of 0..1 \(negative, positive\); "
+                                         r"GLUE's test split has no labels"):
+        load_splits(dataset_config("glue", bad, 2, "model=tiny_roberta", "dataset.task=sst2"))
+
+
 def test_every_dataset_config_is_tested():
     names = {p.stem for p in (CONF_DIR / "dataset").glob("*.yaml")} - {"stdlib"}
-    assert names == set(EXPECTED)
+    assert names == set(EXPECTED) | {"glue"}
 
 
 @pytest.mark.parametrize("suffix", ["csv", "parquet"])
