@@ -1,4 +1,4 @@
-"""`python -m qlora_analysis DIR... --out REPORT_DIR`."""
+"""`python -m qlora_analysis DIR... [--out REPORT_DIR]` (default: the first DIR's `report/`)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m qlora_analysis",
                                      description="Sweep folders -> the paper's tables, Elo and plots.")
     parser.add_argument("dirs", nargs="+", help="sweep or run folders holding record.json files")
-    parser.add_argument("--out", required=True, type=Path, help="report folder (report.md, tables/, plots/)")
+    parser.add_argument("--out", type=Path, help="report folder (report.md, tables/, plots/); default: DIR/report")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = Path(args.dirs[0]) / "report"
     try:
         report = build_report(args.dirs, args.out)
     except (RecordSchemaError, FileNotFoundError) as err:

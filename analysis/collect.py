@@ -16,8 +16,8 @@ from qlora_lab.records import RECORD_NAME, SCHEMA
 
 # Axes every study slices by, as config paths (a group's name for a group); swept overrides
 # add their own keys beside these.
-STANDARD_AXES = ("model", "dataset", "dtype", "dtype.double_quant", "dtype.backend", "dtype.blocksize",
-                 "lora.targets", "lora.r", "train.learning_rate", "train.max_steps", "train.seed")
+STANDARD_AXES = ("model", "dataset", "dataset.task", "dtype", "dtype.double_quant", "dtype.backend",
+                 "dtype.blocksize", "lora.targets", "lora.r", "train.learning_rate", "train.max_steps", "train.seed")
 GROUPS = ("model", "dataset", "dtype", "lora", "train", "eval")
 METRICS = ("eval_loss", "ppl", "rougeL", "mmlu_acc", "accuracy", "zero_shot_mean", "train_loss_first",
            "train_loss_last")
@@ -115,12 +115,17 @@ def config_value(config: dict, path: str):
     return ",".join(map(str, node)) if isinstance(node, list) else node
 
 
+def _or(value, fallback):
+    return fallback if value is None else value
+
+
 def _row(record: dict, run_dir: str) -> dict:
     config = record.get("config", {})
-    swept = [o.split("=", 1)[0].lstrip("+~") for o in record.get("overrides", []) if "=" in o]
-    axes = list(STANDARD_AXES) + [k for k in swept if k not in STANDARD_AXES and not k.startswith(("hydra", "sweep"))]
+    given = dict(o.lstrip("+~").split("=", 1) for o in record.get("overrides", []) if "=" in o)
+    axes = list(STANDARD_AXES) + [k for k in given if k not in STANDARD_AXES and not k.startswith(("hydra", "sweep"))]
     row = {"run_dir": run_dir, "run_id": record["run_id"]}
-    row.update({axis: config_value(config, axis) for axis in axes})
+    # a choice that is not itself in the config (a study's `+variant=...`) keeps its given value
+    row.update({axis: _or(config_value(config, axis), given.get(axis)) for axis in axes})
     row["model_kind"] = config_value(config, "model.kind") or "causal"
     metrics = record.get("metrics", {})
     row.update({name: metrics.get(name) for name in METRICS})

@@ -15,3 +15,17 @@ def hours_to_minutes(hours: float) -> int:
 # `${hours_to_min:${model.resources.hours}}` in the launcher configs; registered on import so
 # every process that composes or unpickles a launcher (the sweep's and each job's) has it.
 OmegaConf.register_new_resolver("hours_to_min", hours_to_minutes, replace=True)
+
+
+def pick(key, table, *default):
+    """One value of a table keyed by another config value: a study's per-size settings, declared
+    in its sweep file (`train.learning_rate: ${pick:${model.name},{llama_7b: 2e-4, llama_65b: 1e-4}}`).
+    A key the table lacks takes the default, or is an error naming the key and the table's keys."""
+    if key in table:
+        return table[key]
+    if default:
+        return default[0]
+    raise KeyError(f"pick: {key!r} is not in the table; it has {', '.join(map(str, table))}")
+
+
+OmegaConf.register_new_resolver("pick", pick, replace=True)

@@ -20,6 +20,7 @@ class FitResult:
     first_step_s: float | None  # fit() call to the end of the first step
     process_to_first_step_s: float | None  # this process's start to the end of the first step
     peak_tensor_mb: float | None = None  # peak of torch's tensor allocations while training
+    measure_s: float = 0.0  # of the wall time, spent opening and reading the CPU peak's profiler (not in train_s)
 
 
 PEAK_WINDOW_STEPS = 5  # CPU: torch's profiler watches the first steps (optimizer state included)
@@ -87,7 +88,7 @@ def fit(model, tokenizer, examples: list[dict], cfg: TrainConfig, compute_dtype:
         trainer.train(resume_from_checkpoint=resume_point(out_dir, cfg.max_steps))
     finally:
         peak.close()
-    train_s = time.perf_counter() - start
+    train_s = time.perf_counter() - start - peak.measure_s
     # accelerate leaves its mixed-precision autocast wrapped around model.forward; evaluation
     # must see the same model an eval-only run or a reloaded adapter sees.
     trainer.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
@@ -95,7 +96,7 @@ def fit(model, tokenizer, examples: list[dict], cfg: TrainConfig, compute_dtype:
     return FitResult(step_losses=losses, train_s=train_s, tokens=int(trainer.state.num_input_tokens_seen),
                      first_step_s=first_step[0] if first_step else None,
                      process_to_first_step_s=first_step[1] if first_step else None,
-                     peak_tensor_mb=peak.peak_mb())
+                     peak_tensor_mb=peak.peak_mb(), measure_s=peak.measure_s)
 
 
 def _tensor_peak_callback():
@@ -110,21 +111,27 @@ def _tensor_peak_callback():
         def __init__(self) -> None:
             self.cpu = None if torch.cuda.is_available() else CpuTensorPeak()
             self.steps = 0
+            self.measure_s = 0.0  # the profiler's set-up and read-out: measuring, not training
 
         def on_train_begin(self, args, state, control, **kwargs):
             if self.cpu is not None:
-                self.cpu.start()
+                self._timed(self.cpu.start)
             else:
                 torch.cuda.reset_peak_memory_stats()
 
         def on_step_end(self, args, state, control, **kwargs):
             self.steps += 1
             if self.cpu is not None and self.steps >= PEAK_WINDOW_STEPS:
-                self.cpu.stop()
+                self._timed(self.cpu.stop)
 
         def close(self) -> None:
             if self.cpu is not None:
-                self.cpu.stop()
+                self._timed(self.cpu.stop)
+
+        def _timed(self, action) -> None:
+            begin = time.perf_counter()
+            action()
+            self.measure_s += time.perf_counter() - begin
 
         def peak_mb(self) -> float | None:
             if self.cpu is None:

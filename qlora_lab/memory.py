@@ -80,7 +80,7 @@ class CpuTensorPeak:
         self._profiler.__enter__()
 
     def stop(self) -> None:
-        if self._profiler is None:
+        if self._profiler is None:  # stopped already: nothing to read (and no time spent)
             return
         profiler, self._profiler = self._profiler, None
         profiler.__exit__(None, None, None)

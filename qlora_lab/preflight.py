@@ -30,7 +30,8 @@ def check_command_line(argv: list[str], conf_dir: Path) -> str | None:
         parsed = OverridesParser.create().parse_overrides(args.overrides)
     except HydraException as err:
         return f"cannot parse the overrides: {str(err).splitlines()[0]}"
-    parsed = parsed + sweep_file_axes(args.overrides, conf_dir)
+    file_axes = sweep_file_axes(args.overrides, conf_dir)
+    parsed = parsed + file_axes
     axes = []
     for override in parsed:
         if override.is_sweep_override():
@@ -42,8 +43,22 @@ def check_command_line(argv: list[str], conf_dir: Path) -> str | None:
     for overrides in candidates:
         problem = _check_one(overrides, conf_dir)
         if problem:
-            return problem
+            return _with_sweep_file(problem, overrides, args.overrides, file_axes, conf_dir)
     return None
+
+
+def _with_sweep_file(problem: str, overrides: list[str], given: list[str], file_axes: list, conf_dir: Path) -> str:
+    """A problem that the sweep file brings (its axes, its defaults, its values) names the file:
+    the same run without the file composes."""
+    sweep = next((o.split("=", 1)[1] for o in given if o.lstrip("+").startswith("sweep=")), None)
+    if sweep is None:
+        return problem
+    from_file = {o.input_line for o in file_axes} | {f"{o.get_key_element()}={v}" for o in file_axes
+                                                      if o.is_sweep_override() for v in _values(o)}
+    own = [o for o in overrides if o not in from_file and not o.lstrip("+").startswith("sweep=")]
+    if _check_one(own, conf_dir) is None:
+        return f"sweeps/{sweep}.yaml: {problem}"
+    return problem
 
 
 def _values(override) -> list[str]:
@@ -76,7 +91,7 @@ def sweep_file_axes(overrides: list[str], conf_dir: Path) -> list:
     except HydraException:
         return []  # the per-value checks below name the problem
     given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
-    declared = [p for p in sweep_params(cfg) if p.split("=", 1)[0] not in given]
+    declared = [p for p in sweep_params(cfg) if p.split("=", 1)[0].lstrip("+~") not in given]
     return OverridesParser.create().parse_overrides(declared)
 
 

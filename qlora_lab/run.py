@@ -170,7 +170,8 @@ def _train(config: RunConfig, built, examples: list[dict], run_dir: Path, record
     record.metrics["train_steps"] = len(result.step_losses)
     record.memory["peak_tensor_mb"] = result.peak_tensor_mb
     record.memory["estimate"] = _memory_estimate(config)
-    record.timing.update(train_s=round(result.train_s, 3), tokens=result.tokens,
+    record.timing.update(train_s=round(result.train_s, 3), peak_measure_s=round(result.measure_s, 3),
+                         tokens=result.tokens,
                          tokens_per_s=round(result.tokens / result.train_s, 1),
                          first_step_s=None if result.first_step_s is None
                          else round(fit_start - start + result.first_step_s, 3),

@@ -28,3 +28,12 @@ def sweep_params(cfg) -> list[str]:
     """A composed config's `hydra.sweeper.params` as override strings (`dtype=nf4,fp4`)."""
     params = cfg.get("hydra", {}).get("sweeper", {}).get("params") or {}
     return [f"{key}={value}" for key, value in params.items()]
+
+
+LOCAL_SWEEPS = ("smoke", "micro")  # sweeps that run here, beside the paper's studies
+
+
+def paper_studies(folder: Path = SWEEPS_DIR) -> list[str]:
+    """The sweep files of the paper's studies: every file but the local ones (and `micro_*`)."""
+    return [p.stem for p in sorted(folder.glob("*.yaml"))
+            if p.stem not in LOCAL_SWEEPS and not p.stem.startswith("micro")]
