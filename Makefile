@@ -7,7 +7,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test bench clean slurm-up slurm-down
+.PHONY: install demo test bench clean slurm-up slurm-down micro-study
 
 install: $(STAMP)
 
@@ -25,6 +25,11 @@ demo: install
 	$(PY) -m qlora_lab.judge multirun/demo
 	$(PY) -m qlora_analysis multirun/demo --out multirun/demo/report
 
+# The micro-study: the paper's data-type and LoRA-target sweeps on a base pretrained here, judged
+# and analysed; writes reports/micro-study/ (committed). About 25 minutes on 2 cores.
+micro-study: install
+	$(PY) -m qlora_lab.micro_study
+
 test: install
 	$(PY) -m pytest -q tests
 
@@ -34,6 +39,7 @@ bench: install
 	$(PY) benchmarks/mmlu_throughput.py
 	$(PY) benchmarks/sweep_overhead.py
 	$(PY) benchmarks/analysis_speed.py
+	$(PY) benchmarks/kinds_throughput.py --steps 30 --repeats 3
 
 # A real one-node SLURM cluster on this machine (root; Debian's packages, no systemd), to try
 # `hydra/launcher=slurm`; tests/integration starts and stops the same one.

@@ -19,7 +19,7 @@ from qlora_lab.records import RECORD_NAME, SCHEMA
 STANDARD_AXES = ("model", "dataset", "dataset.task", "dtype", "dtype.double_quant", "dtype.backend",
                  "dtype.blocksize", "lora.targets", "lora.r", "train.learning_rate", "train.max_steps", "train.seed")
 GROUPS = ("model", "dataset", "dtype", "lora", "train", "eval")
-METRICS = ("eval_loss", "ppl", "rougeL", "mmlu_acc", "accuracy", "zero_shot_mean", "train_loss_first",
+METRICS = ("eval_loss", "ppl", "base_ppl", "rougeL", "mmlu_acc", "accuracy", "zero_shot_mean", "train_loss_first",
            "train_loss_last")
 LEFT_OUT_COLUMNS = ["run_dir", "run_id", "reason"]
 

@@ -250,7 +250,7 @@ class TrainConfig:
 class MmluConfig:
     """MMLU (Hendrycks et al. 2021): on when `path` is set, as the paper measured it."""
 
-    path: Optional[str] = None  # folder in the standard layout (dev/, test/, val/), or "hub"
+    path: Optional[str] = None  # folder in the standard layout (dev/, test/, val/), "hub", or "stdlib" (generated here)
     hub_id: str = "cais/mmlu"  # used when path=hub
     split: str = "test"  # test (what the paper reports) | val (what its code logged)
     shots: int = 5  # 0 | 5 answered dev questions before each question
@@ -260,24 +260,26 @@ class MmluConfig:
         choice("eval.mmlu.split", self.split, ("test", "val"))
         choice("eval.mmlu.shots", self.shots, (0, 5))
         positive("eval.mmlu.batch_size", self.batch_size)
-        if self.path not in (None, "hub") and not Path(self.path).is_dir():
-            raise ConfigError("eval.mmlu.path", self.path, "no such folder (or use eval.mmlu.path=hub)")
+        if self.path not in (None, "hub", "stdlib") and not Path(self.path).is_dir():
+            raise ConfigError("eval.mmlu.path", self.path, "no such folder (or hub for cais/mmlu, stdlib for the "
+                                                           "benchmark generated from the standard library)")
 
 
 @dataclass
 class PplConfig:
     """Perplexity of a text corpus (on when `path` or `hub_id` is set); else of the held-out split."""
 
-    path: Optional[str] = None  # a folder of .txt files
+    path: Optional[str] = None  # a folder of .txt files, or "stdlib": the library modules no built base was pretrained on
     hub_id: Optional[str] = None  # or a hub dataset (e.g. a Pile Common Crawl sample)
     hub_config: Optional[str] = None
     text_field: str = "text"
     seq_len: int = 512  # tokens per window
     max_tokens: int = 100_000  # tokens scored at most
+    before_training: bool = False  # score the base before fine-tuning (metrics.base_ppl: Table 2's measure) instead of after
 
     def validate(self) -> None:
-        if self.path is not None and not Path(self.path).is_dir():
-            raise ConfigError("eval.ppl.path", self.path, "no such folder")
+        if self.path not in (None, "stdlib") and not Path(self.path).is_dir():
+            raise ConfigError("eval.ppl.path", self.path, "no such folder (or stdlib: the held-out library source)")
         positive("eval.ppl.seq_len", self.seq_len)
         positive("eval.ppl.max_tokens", self.max_tokens)
 

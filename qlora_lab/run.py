@@ -126,6 +126,13 @@ def _train_and_evaluate(config: RunConfig, run_dir: Path, record: Record, start:
     record.timing["load_s"] = round(time.perf_counter() - load_start, 3)  # a first-ever build included
     record.model = vars(built.info).copy()
     encode = _encoder(config, built.tokenizer)
+    ppl = config.eval.ppl
+    if ppl.before_training and (ppl.path or ppl.hub_id):  # the quantized base, before any adapter update
+        from qlora_lab.model.quantize import compute_autocast
+
+        with compute_autocast(config.dtype.compute_dtype, next(built.model.parameters()).device.type):
+            corpus = _corpus_ppl(built, config.eval)
+        record.metrics.update(base_ppl=corpus["ppl"], base_ppl_tokens=corpus["ppl_tokens"])
     if tc.max_steps > 0:
         _train(config, built, encode(splits.train), run_dir, record, start)
         built.model.save_pretrained(adapter_dir(run_dir) if config.lora.enabled else full_model_dir(run_dir))
@@ -211,7 +218,7 @@ def _evaluate(config: RunConfig, built, encode, eval_pairs, run_dir: Path, recor
             record.metrics.update(eval_loss=loss, ppl=ppl, ppl_on="heldout")
         if ec.lm_eval.tasks:
             record.metrics.update(_zero_shot(built, ec.lm_eval, tc.seed))
-        if ec.ppl.path or ec.ppl.hub_id:
+        if (ec.ppl.path or ec.ppl.hub_id) and not ec.ppl.before_training:
             record.metrics.update(_corpus_ppl(built, ec))
         if ec.mmlu.path:
             record.metrics.update(_mmlu(built, ec.mmlu))
@@ -235,8 +242,13 @@ def _evaluate(config: RunConfig, built, encode, eval_pairs, run_dir: Path, recor
 def _corpus_ppl(built, ec) -> dict:
     from qlora_lab.evaluate.perplexity import corpus_perplexity, corpus_texts
 
-    texts = corpus_texts(Path(ec.ppl.path) if ec.ppl.path else None, ec.ppl.hub_id, ec.ppl.hub_config,
-                         ec.ppl.text_field)
+    if ec.ppl.path == "stdlib":
+        from qlora_lab.data.stdlib_mc import heldout_source_texts
+
+        texts = heldout_source_texts()
+    else:
+        texts = corpus_texts(Path(ec.ppl.path) if ec.ppl.path else None, ec.ppl.hub_id, ec.ppl.hub_config,
+                             ec.ppl.text_field)
     ppl, tokens = corpus_perplexity(built.model, built.tokenizer, texts, ec.ppl.seq_len, ec.ppl.max_tokens,
                                     ec.batch_size)
     return {"ppl": ppl, "ppl_on": "corpus", "ppl_tokens": tokens}
@@ -261,7 +273,12 @@ def _zero_shot(built, cfg, seed: int) -> dict:
 def _mmlu(built, cfg) -> dict:
     from qlora_lab.evaluate import mmlu
 
-    subjects = mmlu.load_hub(cfg.hub_id, cfg.split) if cfg.path == "hub" else mmlu.load_local(Path(cfg.path), cfg.split)
+    if cfg.path == "hub":
+        subjects = mmlu.load_hub(cfg.hub_id, cfg.split)
+    else:
+        from qlora_lab.data.stdlib_mc import stdlib_mmlu_dir
+
+        subjects = mmlu.load_local(stdlib_mmlu_dir() if cfg.path == "stdlib" else Path(cfg.path), cfg.split)
     result = mmlu.evaluate_mmlu(built.model, built.tokenizer, subjects, cfg.split, cfg.shots, cfg.batch_size)
     return {"mmlu_acc": result.accuracy, "mmlu_acc_by_subject": result.by_subject, "mmlu_split": result.split,
             "mmlu_shots": result.shots, "mmlu_n_questions": result.n_questions}

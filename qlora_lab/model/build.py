@@ -13,7 +13,7 @@ import torch
 
 from qlora_lab.config import DTypeConfig, LoraConfig, ModelConfig
 from qlora_lab.model.bits import base_linear_bits, total_stored_bits
-from qlora_lab.model.quantize import bnb_config, disable_cpu_weight_repacking, load_dtype
+from qlora_lab.model.quantize import bnb_config, disable_cpu_weight_repacking, load_dtype, to_compute_dtype
 from qlora_lab.model.targets import peft_target_pattern, target_names
 
 # model.kind -> (transformers auto class, peft task type, modules kept unquantized and trained in full)
@@ -107,6 +107,7 @@ def build_model(model_cfg: ModelConfig, dtype: DTypeConfig, lora: LoraConfig, se
     stored = base_linear_bits(base, skip=_head_ids(base, heads))
     total_bits = total_stored_bits(base)
     n_params = _logical_params(base)
+    base = to_compute_dtype(base, dtype)  # after the count: what is stored, not its widened copy
     if not lora.enabled:  # full fine-tuning: the 16-bit baseline
         if gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -149,7 +150,8 @@ def load_with_adapter(model_cfg: ModelConfig, dtype: DTypeConfig, adapter: Path,
     from peft import PeftModel
 
     path = model_path(model_cfg)
-    base = prepare_base(load_base(path, dtype, model_cfg.kind, num_labels), dtype, gradient_checkpointing=False)
+    base = to_compute_dtype(load_base(path, dtype, model_cfg.kind, num_labels), dtype)
+    base = prepare_base(base, dtype, gradient_checkpointing=False)
     if dtype.backend == "lab":
         from peft import PeftConfig
 

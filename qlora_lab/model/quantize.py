@@ -18,8 +18,20 @@ def torch_dtype(compute_dtype: str) -> torch.dtype:
 
 
 def load_dtype(cfg: DTypeConfig) -> torch.dtype:
-    """dtype of the weights transformers keeps unquantized (norms, embeddings, head)."""
+    """dtype the base loads in: an unquantized base in its own (bf16 / fp32), a quantized one's
+    remaining weights (norms, embeddings, head) in the compute dtype."""
+    if cfg.backend == "none" and cfg.name in TORCH_DTYPES:
+        return TORCH_DTYPES[cfg.name]
     return torch_dtype(cfg.compute_dtype)
+
+
+def to_compute_dtype(model: torch.nn.Module, cfg: DTypeConfig) -> torch.nn.Module:
+    """An unquantized base stored in one dtype and computed in another (bf16 weights where bf16
+    matmuls are emulated: compute in fp32): the stored values are kept exactly, widened."""
+    compute = torch_dtype(cfg.compute_dtype)
+    if cfg.backend == "none" and load_dtype(cfg) != compute:
+        model.to(compute)
+    return model
 
 
 def compute_autocast(compute_dtype: str, device_type: str = "cpu"):

@@ -28,10 +28,10 @@ BUILD_VERSION = 1  # bump when the recipe below changes
 def built_model_dir(cfg: ModelConfig) -> Path:
     """The cached checkpoint folder of a `source=build` model, building it when missing."""
     key = _build_key(cfg.arch, cfg.pretrain, cfg.kind)
-    target = cache_dir() / "models" / f"{cfg.name}-{key}"
+    target = cache_dir() / "models" / f"{cfg.kind}-{key}"  # by recipe: configs of one recipe share a build
     if (target / "config.json").exists():
         return target
-    with build_lock(f"models/{cfg.name}-{key}"):
+    with build_lock(f"models/{cfg.kind}-{key}"):
         if not (target / "config.json").exists():
             staging = target.with_name(target.name + ".partial")
             shutil.rmtree(staging, ignore_errors=True)
@@ -41,10 +41,8 @@ def built_model_dir(cfg: ModelConfig) -> Path:
 
 
 def _build_key(arch: Arch, pretrain: Pretrain, kind: str = "causal") -> str:
-    spec = {"arch": dataclasses.asdict(arch), "pretrain": dataclasses.asdict(pretrain),
+    spec = {"arch": dataclasses.asdict(arch), "pretrain": dataclasses.asdict(pretrain), "kind": kind,
             "python": sys.version.split()[0], "version": BUILD_VERSION}
-    if kind != "causal":  # the causal key predates kinds; cached tiny bases stay valid
-        spec["kind"] = kind
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -15,7 +15,7 @@ CASES = [
     (["eval.ppl.path=/no/corpus"], "eval.ppl.path=/no/corpus: no such folder"),
     (["eval.mmlu.split=dev"], "eval.mmlu.split=dev: expected one of test, val"),
     (["eval.mmlu.shots=3"], "eval.mmlu.shots=3: expected one of 0, 5"),
-    (["eval.mmlu.path=/no/mmlu"], "eval.mmlu.path=/no/mmlu: no such folder (or use eval.mmlu.path=hub)"),
+    (["eval.mmlu.path=/no/mmlu"], "eval.mmlu.path=/no/mmlu: no such folder (or hub for cais/mmlu, stdlib for the benchmark"),
     (["dtype=nf5"], "dtype=nf5: expected one of bf16, fp32, fp4, fp4_e3m0, int4, int8, nf2, nf3, nf4"),
     (["dtype=int4", "dtype.backend=bnb"], "dtype.backend=bnb: expected one of lab"),
     (["dtype=nf4", "dtype.backend=lab", "dtype.blocksize=48"], "dtype.blocksize=48: backend lab supports 32, 64"),
