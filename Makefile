@@ -30,8 +30,10 @@ demo: install
 micro-study: install
 	$(PY) -m qlora_lab.micro_study
 
+# Two workers, a test file each at a time (a file's fixtures stay in one process), one torch
+# thread each: the suite is half waiting (imports, subprocesses, SLURM), so they overlap.
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 bench: install
 	$(PY) benchmarks/train_throughput.py --steps 30 --repeats 3
