@@ -9,13 +9,12 @@ know, and nobody noticed.
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from qlora_lab.config_checks import NO_VALUE, ConfigError, at_least, choice, positive, positive_float
+from qlora_lab.config_checks import NO_VALUE, ConfigError, at_least, build_dataclass, choice, positive, positive_float
 from qlora_lab.model.dtypes import COMPUTE_DTYPES, CUSTOM, DTYPES, available_backends
 from qlora_lab.model.targets import KIND_FAMILIES, TARGET_GROUPS, target_names
 
@@ -394,58 +393,7 @@ def run_config(cfg: Any) -> RunConfig:
     for name, cls in hints.items():
         if name not in tree:
             raise ConfigError(name, NO_VALUE, f"no {name} group chosen")
-        groups[name] = _build(cls, tree[name], name)
+        groups[name] = build_dataclass(cls, tree[name], name)
     config = RunConfig(**groups)
     config.validate()
     return config
-
-
-def _build(cls: type, node: Any, key: str) -> Any:
-    if not isinstance(node, dict):
-        raise ConfigError(key, node, f"expected a {cls.__name__} mapping")
-    hints = typing.get_type_hints(cls)
-    unknown = sorted(set(node) - set(hints))
-    if unknown:
-        raise ConfigError(f"{key}.{unknown[0]}", NO_VALUE, f"unknown key; expected one of {', '.join(hints)}")
-    return cls(**{name: _coerce(node[name], hints[name], f"{key}.{name}") for name in node})
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for option in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, option, key)
-            except ConfigError as err:
-                errors.append(err.allowed)
-        raise ConfigError(key, value, " or ".join(errors))
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(key, value, "expected true or false")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(key, value, "expected an integer")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(key, value, "expected a number")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(key, value, "expected a string")
-        return value
-    if hint is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(key, value, "expected a mapping")
-        return dict(value)
-    if hint is list or origin is list:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(key, value, "expected a list of names")
-        return list(value)
-    raise TypeError(f"config field {key} has an unsupported type {hint!r}")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import types
+import typing
+from typing import Any, Union
 
 
 class ConfigError(ValueError):
@@ -46,3 +49,55 @@ def at_least(key: str, value: int, low: int) -> None:
 def positive_float(key: str, value: float) -> None:
     if not value > 0:
         raise ConfigError(key, value, "expected a number > 0")
+
+
+def build_dataclass(cls: type, node: Any, key: str) -> Any:
+    """A config node (a plain dict) -> the dataclass, each field coerced to its type; unknown keys refused."""
+    if not isinstance(node, dict):
+        raise ConfigError(key, node, f"expected a {cls.__name__} mapping")
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(node) - set(hints))
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}", NO_VALUE, f"unknown key; expected one of {', '.join(hints)}")
+    return cls(**{name: _coerce(node[name], hints[name], f"{key}.{name}") for name in node})
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as err:
+                errors.append(err.allowed)
+        raise ConfigError(key, value, " or ".join(errors))
+    if dataclasses.is_dataclass(hint):
+        return build_dataclass(hint, value, key)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, value, "expected true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, value, "expected an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, value, "expected a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, value, "expected a string")
+        return value
+    if hint is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, value, "expected a mapping")
+        return dict(value)
+    if hint is list or origin is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(key, value, "expected a list of names")
+        return list(value)
+    raise TypeError(f"config field {key} has an unsupported type {hint!r}")

@@ -51,7 +51,7 @@ def _with_sweep_file(problem: str, overrides: list[str], given: list[str], file_
     """A problem that the sweep file brings (its axes, its defaults, its values) names the file:
     the same run without the file composes."""
     sweep = next((o.split("=", 1)[1] for o in given if o.lstrip("+").startswith("sweep=")), None)
-    if sweep is None:
+    if sweep is None or problem.startswith(f"sweep={sweep}:"):  # no such sweep file: nothing to name
         return problem
     from_file = {o.input_line for o in file_axes} | {f"{o.get_key_element()}={v}" for o in file_axes
                                                       if o.is_sweep_override() for v in _values(o)}
