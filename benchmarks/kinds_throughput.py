@@ -11,7 +11,6 @@ invocation, and the ratio of their medians is printed per kind:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -19,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from train_throughput import benchmark_args, plain_script  # the causal benchmark's helpers, beside this file
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -59,19 +60,12 @@ def run_lab(kind: str, work: Path, steps: int, n_train: int, index: int) -> dict
 
 
 def run_plain(kind: str, work: Path, model_dir: str, examples: Path, steps: int, index: int) -> dict:
-    from qlora_lab.model.dtypes import native_compute_dtype
-
-    out = subprocess.run([sys.executable, str(HERE / "plain_kinds.py"), kind, model_dir, str(examples),
-                          str(work / f"plain-{kind}{index}"), str(steps), native_compute_dtype(), "2"],
-                         check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return plain_script("plain_kinds.py", kind, model_dir, str(examples), str(work / f"plain-{kind}{index}"),
+                        str(steps))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = benchmark_args(__doc__)
     n_train = args.steps * 4 * 2
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,7 +4,7 @@ QLoRA script for a seq2seq (T5) or classifier (RoBERTa) model, nothing of ours.
 Reads pre-tokenized examples (written by kinds_throughput.py from the same data a qlora_lab run
 uses) and trains with the same settings; prints one JSON line of measurements.
 
-    python plain_kinds.py seq2seq|classifier MODEL_DIR EXAMPLES.json OUT_DIR STEPS COMPUTE [NUM_LABELS]
+    python plain_kinds.py seq2seq|classifier MODEL_DIR EXAMPLES.json OUT_DIR STEPS COMPUTE
 """
 
 import json
@@ -24,7 +24,7 @@ TARGETS = {  # every linear layer, as qlora_lab's lora.targets=all names them
 
 
 def main(kind: str, model_dir: str, examples_path: str, out_dir: str, max_steps: int, compute: str,
-         num_labels: int) -> None:
+         num_labels: int = 2) -> None:
     examples = json.loads(open(examples_path).read())
     dtype = torch.bfloat16 if compute == "bf16" else torch.float32
     skip = {"llm_int8_skip_modules": ["lm_head", "classifier"]} if kind == "classifier" else {}
@@ -71,5 +71,4 @@ def main(kind: str, model_dir: str, examples_path: str, out_dir: str, max_steps:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6],
-         int(sys.argv[7]) if len(sys.argv) > 7 else 2)
+    main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6])

@@ -53,19 +53,29 @@ def run_lab(work: Path, steps: int, n_train: int, index: int) -> dict:
 
 
 def run_plain(work: Path, model_dir: str, examples: Path, steps: int, index: int) -> dict:
-    from qlora_lab.model.dtypes import native_compute_dtype  # what qlora_lab's compute_dtype=auto takes here
+    return plain_script("plain_qlora.py", model_dir, str(examples), str(work / f"plain{index}"), str(steps))
 
-    out = subprocess.run([sys.executable, str(HERE / "plain_qlora.py"), model_dir, str(examples),
-                          str(work / f"plain{index}"), str(steps), native_compute_dtype()],
+
+def plain_script(script: str, *args: str) -> dict:
+    """A baseline script's measurements (its last stdout line, JSON), at the compute dtype
+    qlora_lab's `compute_dtype=auto` takes on this machine (its last argument)."""
+    from qlora_lab.model.dtypes import native_compute_dtype
+
+    out = subprocess.run([sys.executable, str(HERE / script), *args, native_compute_dtype()],
                          check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def benchmark_args(doc: str) -> argparse.Namespace:
+    """--steps and --repeats, shared by the side-by-side training benchmarks."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = benchmark_args(__doc__)
     n_train = args.steps * 4 * 2  # more than one pass needs; both see the same first batches
     model_dir, examples = training_examples(n_train)
     with tempfile.TemporaryDirectory() as tmp:

@@ -39,7 +39,7 @@ def test_demo_sweep_runs_four_ok_records(demo_sweep):
         for name in RECORD_FIELDS:
             field(record, name)  # every interface field is present
         assert record["error"] is None and record["schema"] == 1
-        assert record["timing"]["wall_s"] < 60
+        assert 0 < record["timing"]["train_s"] < record["timing"]["wall_s"]  # times are benchmarks' business
     by_overrides = {" ".join(r["overrides"]): r for r in records.values()}
     assert set(by_overrides) == {f"dtype={d} lora.targets={t} train.max_steps=30" for d in ("nf4", "fp4")
                                  for t in ("all", "qv")}
