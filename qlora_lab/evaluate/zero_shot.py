@@ -7,6 +7,7 @@ Task definitions are lm-eval's own; `include_path` adds a folder of task YAMLs o
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 
@@ -25,17 +26,23 @@ class ZeroShotResult:
 def task_manager(tasks: list[str], include_path: str | None):
     """lm-eval's task index (its own tasks and the folder's), the names checked against it:
     called before the model loads, so a misspelt task costs no training."""
-    import logging
-
-    from lm_eval.tasks import TaskManager
-
-    logging.getLogger("lm_eval").setLevel(logging.WARNING)  # it warns that a model object was passed: we mean it
-    manager = TaskManager(include_path=include_path)
+    manager = _index(include_path)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise ValueError(f"eval.lm_eval.tasks: lm-eval knows no task {unknown[0]!r}"
                          + ("" if include_path else " (tasks of your own: eval.lm_eval.include_path=DIR)"))
     return manager
+
+
+@functools.lru_cache(maxsize=4)
+def _index(include_path: str | None):
+    """lm-eval's TaskManager indexes thousands of task YAMLs: once per process, not per check."""
+    import logging
+
+    from lm_eval.tasks import TaskManager
+
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)  # it warns that a model object was passed: we mean it
+    return TaskManager(include_path=include_path)
 
 
 def zero_shot(model, tokenizer, tasks: list[str], include_path: str | None, num_fewshot: int, limit: int | None,
