@@ -13,8 +13,8 @@ from functools import lru_cache
 
 import torch
 
-from qlora_kernels import packing
-from qlora_kernels.codebooks import Codebook, codebook, nearest_codes
+from qlora_kernels import native, packing
+from qlora_kernels.codebooks import Codebook, codebook, nearest_codes, sorted_codes
 from qlora_kernels.double_quant import NestedState, dequantize_absmax, quantize_absmax
 
 MIN_BLOCKSIZE, MAX_BLOCKSIZE = 32, 4096
@@ -90,6 +90,12 @@ def quantize(weight: torch.Tensor, book: str | Codebook, blocksize: int = 64, do
     check_blocksize(blocksize)
     book = codebook(book)
     flat = weight.reshape(-1).float()
+    if _compiled(book, flat):
+        midpoints, order = sorted_codes(book.values)
+        packed, absmax = native.quantize_4bit(flat, midpoints, order, book.zero_code, blocksize)
+        nested = quantize_absmax(absmax) if double_quant else None
+        return QuantState(packed=packed, absmax=None if double_quant else absmax, nested=nested, shape=weight.shape,
+                          dtype=weight.dtype, blocksize=blocksize, codebook=book)
     n = flat.numel()
     full = n - n % blocksize
     blocks = flat[:full].view(-1, blocksize)
@@ -106,17 +112,33 @@ def quantize(weight: torch.Tensor, book: str | Codebook, blocksize: int = 64, do
                       dtype=weight.dtype, blocksize=blocksize, codebook=book)
 
 
-def dequantize(state: QuantState, dtype: torch.dtype | None = None) -> torch.Tensor:
+def dequantize(state: QuantState, dtype: torch.dtype | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """The weights back: codebook value x block absmax, in float32, then `dtype` (default: the
-    quantized tensor's own)."""
+    quantized tensor's own). `out`, a tensor of that shape and dtype, is written and returned:
+    a caller with a buffer saves a fresh allocation, whose page faults can cost more than the
+    decode."""
+    dtype = dtype or state.dtype
+    if out is not None and (out.shape != state.shape or out.dtype != dtype or not out.is_contiguous()):
+        raise ValueError(f"out must be a contiguous {dtype} tensor of shape {tuple(state.shape)}, not "
+                         f"{out.dtype} {tuple(out.shape)}")
     n, bs = state.numel, state.blocksize
+    if _compiled(state.codebook, state.packed):
+        flat = native.dequantize_4bit(state.packed.reshape(-1), state.block_absmax(), state.codebook.tensor(), n, bs,
+                                      dtype, out=None if out is None else out.view(-1))
+        return flat.view(state.shape) if out is None else out
     values = _code_values(state)[:n]  # a fresh float32 tensor: scaled in place
     absmax = state.block_absmax().float()
     full = n - n % bs
     values[:full].view(-1, bs).mul_(absmax[: full // bs].view(-1, 1))
     if full < n:
         values[full:].mul_(absmax[full // bs])
-    return values.view(state.shape).to(dtype or state.dtype)
+    values = values.view(state.shape).to(dtype)
+    return values if out is None else out.copy_(values)
+
+
+def _compiled(book: Codebook, tensor: torch.Tensor) -> bool:
+    """4-bit codes of a CPU tensor go through the compiled codec where it could be built."""
+    return book.bits == 4 and tensor.device.type == "cpu" and native.available()
 
 
 def _code_values(state: QuantState) -> torch.Tensor:

@@ -61,7 +61,7 @@ def _values_tensor(values: tuple[float, ...], device: str) -> torch.Tensor:
 
 
 @lru_cache(maxsize=64)
-def _sorted_codes(values: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+def sorted_codes(values: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """(midpoints between sorted values, code of each sorted position): nearest-value lookup."""
     table = torch.tensor(values, dtype=torch.float32)
     order = torch.argsort(table, stable=True)
@@ -131,6 +131,6 @@ def _table(values: list[float], scale: float = 1.0) -> torch.Tensor:
 def nearest_codes(scaled: torch.Tensor, book: Codebook) -> torch.Tensor:
     """Code of the nearest value for each element of `scaled` (in [-1, 1]); a tie at a midpoint
     goes to the lower value, as in bitsandbytes."""
-    midpoints, order = _sorted_codes(book.values)
+    midpoints, order = sorted_codes(book.values)
     position = torch.bucketize(scaled, midpoints.to(scaled.device), out_int32=True)
     return order.to(scaled.device)[position]

@@ -1,0 +1,168 @@
+"""The compiled CPU path of the 4-bit codec: `cpu_codec.c`, built on first use with the system C
+compiler for this CPU and cached, called through ctypes on torch's threads' worth of Python
+threads (ctypes lets go of the GIL). The plain-torch codec is the reference and the fallback:
+without a compiler, or with QLORA_KERNELS_NATIVE=0, nothing changes but speed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("cpu_codec.c")
+FLAG_SETS = (["-O3", "-march=native"], ["-O3"])  # the second where the compiler knows no -march=native
+COMMON_FLAGS = ["-std=c11", "-ffp-contract=off", "-fPIC", "-shared"]
+PARALLEL_MIN_NUMEL = 1 << 18  # below this, one thread: starting the others costs more than they save
+HUGE_PAGE_MIN_BYTES = 8 << 20  # smaller outputs are reused from the heap, already faulted in
+
+_enabled = os.environ.get("QLORA_KERNELS_NATIVE", "1") != "0"
+
+
+@contextlib.contextmanager
+def enabled(flag: bool):
+    """Turn the compiled path on or off inside a block (the tests compare both paths)."""
+    global _enabled
+    before, _enabled = _enabled, flag
+    try:
+        yield
+    finally:
+        _enabled = before
+
+
+def available() -> bool:
+    return _enabled and _library() is not None
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("QLORA_KERNELS_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return Path(root) / "qlora_kernels"
+
+
+def _cpu_key() -> str:
+    """What -march=native compiles for: the CPU's model and flags."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return "\n".join(sorted({line for line in lines if line.startswith(("model name", "flags"))}))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+@lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL | None:
+    errors = []
+    for flags in FLAG_SETS:
+        try:
+            return build(flags)
+        except (OSError, RuntimeError) as error:
+            errors.append(str(error))
+    warnings.warn(f"qlora_kernels: the compiled CPU codec could not be built ({errors[-1]}); it runs in plain "
+                  f"torch (slower)", stacklevel=3)
+    return None
+
+
+def build(flags: list[str], directory: Path | None = None) -> ctypes.CDLL:
+    """The codec compiled with `flags` (cached by source, flags, compiler and CPU), loaded."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise RuntimeError("no C compiler found (set CC)")
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(flags + COMMON_FLAGS).encode(), compiler.encode(),
+                                     _cpu_key().encode()])).hexdigest()[:16]
+    target = (directory or cache_dir()) / f"cpu_codec-{key}.so"
+    if not target.exists():
+        _compile(compiler, flags, target)
+    return _bind(ctypes.CDLL(str(target)))
+
+
+def _compile(compiler: str, flags: list[str], target: Path) -> None:
+    """Build into a temporary file and rename: processes compiling at once never load half a file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(handle)
+    done = subprocess.run([compiler, *flags, *COMMON_FLAGS, str(SOURCE), "-o", partial, "-lm"],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        os.unlink(partial)
+        first_line = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[0]
+        raise RuntimeError(f"{Path(compiler).name} {' '.join(flags)}: {first_line}")
+    os.replace(partial, target)
+
+
+def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
+    pointer, i64, i32, u8 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_uint8
+    library.dequantize_4bit.argtypes = [pointer] * 4 + [i64, i64, i64, i64, i32]
+    library.dequantize_4bit.restype = None
+    library.quantize_4bit.argtypes = [pointer, pointer, pointer, u8, pointer, pointer, i64, i64, i64, i64]
+    library.quantize_4bit.restype = None
+    library.advise_huge_pages.argtypes = [pointer, i64]
+    library.advise_huge_pages.restype = None
+    return library
+
+
+@lru_cache(maxsize=1)
+def _pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="qlora_kernels")
+
+
+def _over_blocks(call, n: int, blocksize: int) -> None:
+    """call(first, last) over all blocks, split evenly across torch's thread count."""
+    blocks = -(-n // blocksize)
+    threads = min(torch.get_num_threads(), blocks) if n >= PARALLEL_MIN_NUMEL else 1
+    if threads <= 1:
+        call(0, blocks)
+        return
+    bounds = [blocks * t // threads for t in range(threads + 1)]
+    for future in [_pool(torch.get_num_threads()).submit(call, bounds[t], bounds[t + 1]) for t in range(threads)]:
+        future.result()
+
+
+def dequantize_4bit(packed: torch.Tensor, absmax: torch.Tensor, table: torch.Tensor, n: int, blocksize: int,
+                    dtype: torch.dtype, out: torch.Tensor | None = None,
+                    library: ctypes.CDLL | None = None) -> torch.Tensor:
+    """Flat values of n 4-bit codes in `dtype` (float32 and bfloat16 written directly; others
+    through float32), into `out` where given (flat, contiguous, of `dtype`). `library`: another
+    build than the default (the tests run the portable one)."""
+    library = library or _library()
+    packed, absmax, table = packed.contiguous(), absmax.float().contiguous(), table.float().contiguous()
+    direct = dtype if dtype in (torch.float32, torch.bfloat16) else torch.float32
+    target = out if out is not None and out.dtype == direct else _fresh(library, n, direct)
+    args = (packed.data_ptr(), absmax.data_ptr(), table.data_ptr(), target.data_ptr(), n, blocksize)
+    _over_blocks(lambda first, last: library.dequantize_4bit(*args, first, last, int(direct == torch.bfloat16)),
+                 n, blocksize)
+    if out is not None and target is not out:
+        return out.copy_(target)
+    return target.to(dtype)
+
+
+def _fresh(library: ctypes.CDLL, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """An output tensor, large ones on huge pages (its memory is new: nothing else shares it)."""
+    tensor = torch.empty(n, dtype=dtype)
+    if tensor.nbytes >= HUGE_PAGE_MIN_BYTES:
+        library.advise_huge_pages(tensor.data_ptr(), tensor.nbytes)
+    return tensor
+
+
+def quantize_4bit(flat: torch.Tensor, midpoints: torch.Tensor, order: torch.Tensor, pad_code: int, blocksize: int,
+                  library: ctypes.CDLL | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(packed codes, float32 absmax per block) of a flat float32 tensor."""
+    library = library or _library()
+    flat = flat.float().contiguous()
+    midpoints, order = midpoints.float().contiguous(), order.to(torch.uint8).contiguous()
+    n = flat.numel()
+    packed = torch.empty(-(-n // 2), dtype=torch.uint8)
+    absmax = torch.empty(-(-n // blocksize), dtype=torch.float32)
+    args = (flat.data_ptr(), midpoints.data_ptr(), order.data_ptr(), pad_code, packed.data_ptr(), absmax.data_ptr(),
+            n, blocksize)
+    _over_blocks(lambda first, last: library.quantize_4bit(*args, first, last), n, blocksize)
+    return packed, absmax

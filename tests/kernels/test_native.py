@@ -1,0 +1,128 @@
+"""The compiled CPU codec (cpu_codec.c): the plain-torch codec's bytes and values to the bit, in
+its vectorized build and its portable one, and a plain-torch fallback where it cannot be built."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from qlora_kernels import Codebook, codebook, dequantize, native, quantize
+from qlora_kernels.codebooks import sorted_codes
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler here: the compiled codec is not built")
+
+BOOKS = ["nf4", "fp4", "int4", Codebook("uneven4", tuple(sorted([-1.0, -0.6, -0.3, -0.2, -0.1, -0.05, 0.0, 0.01, 0.02,
+                                                                   0.05, 0.1, 0.2, 0.4, 0.7, 0.9, 1.0])))]
+# small and odd shapes (the scalar tails), and outputs past the parallel, streaming and huge-page sizes
+SHAPES = [(7,), (3, 5, 7), (1001,), (33, 65), (2, 300, 17), (2048, 1025), (4096, 1024)]
+
+
+def both_paths(fn):
+    with native.enabled(False):
+        plain = fn()
+    return fn(), plain
+
+
+@pytest.mark.parametrize("book", BOOKS, ids=lambda b: codebook(b).name)
+@pytest.mark.parametrize("blocksize", [32, 64, 256, 4096])
+def test_compiled_codec_matches_plain_torch(book, blocksize):
+    torch.manual_seed(blocksize)
+    for shape in SHAPES:
+        weight = torch.randn(shape) * 0.02
+        weight.view(-1)[: min(64, weight.numel())] = 0.0  # an all-zero block
+        compiled, plain = both_paths(lambda: quantize(weight, book, blocksize=blocksize))
+        assert torch.equal(compiled.packed, plain.packed), shape
+        assert torch.equal(compiled.absmax, plain.absmax), shape
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            ours, reference = both_paths(lambda: dequantize(compiled, dtype))
+            assert ours.dtype == reference.dtype == dtype and ours.shape == weight.shape
+            assert torch.equal(ours, reference), (shape, dtype)
+
+
+def test_bfloat16_and_float16_inputs_and_double_quant_take_the_compiled_path_too():
+    weight = torch.randn(300, 77)
+    for dtype in (torch.bfloat16, torch.float16):
+        compiled, plain = both_paths(lambda: quantize(weight.to(dtype), "nf4", blocksize=64, double_quant=True))
+        assert torch.equal(compiled.packed, plain.packed) and torch.equal(compiled.nested.codes, plain.nested.codes)
+        ours, reference = both_paths(lambda: dequantize(compiled))
+        assert ours.dtype == dtype and torch.equal(ours, reference)
+
+
+def test_the_portable_build_without_vector_code_agrees(tmp_path):
+    """-O3 alone (no -march=native: no AVX2 intrinsics) is what a machine without them runs."""
+    portable = native.build(["-O3"], tmp_path)
+    book = codebook("nf4")
+    midpoints, order = sorted_codes(book.values)
+    for n in (1, 31, 4097, 300_001):
+        flat = torch.randn(n)
+        packed, absmax = native.quantize_4bit(flat, midpoints, order, book.zero_code, 64, library=portable)
+        reference = quantize(flat, book, blocksize=64)
+        assert torch.equal(packed, reference.packed) and torch.equal(absmax, reference.absmax), n
+        for dtype in (torch.float32, torch.bfloat16):
+            values = native.dequantize_4bit(packed, absmax, book.tensor(), n, 64, dtype, library=portable)
+            assert torch.equal(values, dequantize(reference, dtype).reshape(-1)), (n, dtype)
+
+
+def test_bfloat16_rounding_is_to_nearest_even_and_keeps_nan_and_inf():
+    state = quantize(torch.randn(4, 64), "nf4", blocksize=64)
+    for scale in (1.0 + 2**-8, 1.0 + 3 * 2**-8, 3.0000002, float("inf"), float("nan")):  # ties, just above, specials
+        scaled = type(state)(**{**state.__dict__, "absmax": torch.full_like(state.absmax, scale)})
+        ours, reference = both_paths(lambda: dequantize(scaled, torch.bfloat16))
+        assert torch.equal(ours.isnan(), reference.isnan())
+        assert torch.equal(ours[~ours.isnan()], reference[~reference.isnan()]), scale
+
+
+def test_dequantize_into_a_given_tensor():
+    state = quantize(torch.randn(2048, 1024), "nf4", blocksize=64)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for compiled in (True, False):
+            with native.enabled(compiled):
+                out = torch.full((2048, 1024), 7.0, dtype=dtype)
+                assert dequantize(state, dtype, out=out) is out
+                assert torch.equal(out, dequantize(state, dtype))
+    with pytest.raises(ValueError, match=r"out must be a contiguous torch.float32 tensor of shape \(2048, 1024\)"):
+        dequantize(state, out=torch.empty(1024, 2048))
+    with pytest.raises(ValueError, match="out must be"):
+        dequantize(state, out=torch.empty(2048, 1024, dtype=torch.bfloat16))
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env})
+
+
+CHECK = """
+import torch
+from qlora_kernels import dequantize, native, quantize
+weight = torch.randn(333, 65)
+state = quantize(weight, "nf4", blocksize=64)
+values = dequantize(state)
+with native.enabled(False):
+    assert torch.equal(state.packed, quantize(weight, "nf4", blocksize=64).packed)
+    assert torch.equal(values, dequantize(state))
+print("available", native.available())
+"""
+
+
+def test_without_a_compiler_the_codec_warns_once_and_runs_in_plain_torch(tmp_path):
+    done = run_python(CHECK, CC="/bin/false", QLORA_KERNELS_CACHE=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "available False" in done.stdout
+    assert done.stderr.count("the compiled CPU codec could not be built (false -O3") == 1
+    assert not list(tmp_path.rglob("*.so"))
+
+
+def test_processes_building_at_once_into_an_empty_cache_all_load_a_whole_library(tmp_path):
+    env = {**os.environ, "QLORA_KERNELS_CACHE": str(tmp_path)}
+    runs = [subprocess.Popen([sys.executable, "-c", CHECK], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(3)]
+    for run in runs:
+        out, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err
+        assert "available True" in out
+    built = list((tmp_path / "qlora_kernels").glob("*.so"))
+    assert len(built) == 1 and built[0].name.startswith("cpu_codec-")
