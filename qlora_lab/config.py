@@ -20,7 +20,7 @@ from qlora_lab.model.targets import KIND_FAMILIES, TARGET_GROUPS, target_names
 
 
 OBJECTIVES = ("eval_loss", "ppl", "rougeL", "mmlu_acc", "accuracy", "zero_shot_mean", "train_loss_last")  # eval.objective
-PROMPT_SET_NAMES = ("oasst1",)  # eval.prompts by name (qlora_lab.evaluate.rouge.PROMPT_SETS)
+PROMPT_SET_NAMES = ("oasst1", "vicuna")  # eval.prompts by name (qlora_lab.evaluate.prompt_sets.PROMPT_SETS)
 
 
 @dataclass
@@ -313,7 +313,9 @@ class EvalConfig:
     mmlu: MmluConfig = field(default_factory=MmluConfig)
     ppl: PplConfig = field(default_factory=PplConfig)
     lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
-    prompts: Optional[str] = None  # JSONL of id, prompt[, reference], or oasst1: answered into generations.jsonl
+    # JSONL of id, prompt[, reference], a named set (oasst1, vicuna), or a list of them: answered
+    # into generations.jsonl
+    prompts: Optional[Union[str, list]] = None
     prompt_template: str = "{prompt}"  # how a prompt is put to the model (Guanaco: "### Human: {prompt}### Assistant:")
     sampling: str = "greedy"  # greedy | paper (top-p 0.9, temperature 0.7), seeded by train.seed
     objective: str = "eval_loss"  # the metric a run returns to a search sweeper (optuna); not in run_id
@@ -324,9 +326,9 @@ class EvalConfig:
         at_least("eval.n_generate", self.n_generate, 0)
         positive("eval.max_new_tokens", self.max_new_tokens)
         choice("eval.sampling", self.sampling, ("greedy", "paper"))
-        if self.prompts is not None and self.prompts not in PROMPT_SET_NAMES and not Path(self.prompts).is_file():
-            raise ConfigError("eval.prompts", self.prompts,
-                              f"no such file (or a named set: {', '.join(PROMPT_SET_NAMES)})")
+        for item in [self.prompts] if isinstance(self.prompts, str) else self.prompts or []:
+            if item not in PROMPT_SET_NAMES and not Path(item).is_file():
+                raise ConfigError("eval.prompts", item, f"no such file (or a named set: {', '.join(PROMPT_SET_NAMES)})")
         if "{prompt}" not in self.prompt_template:
             raise ConfigError("eval.prompt_template", self.prompt_template, "must contain {prompt}")
         self.mmlu.validate()

@@ -115,6 +115,11 @@ def _train_and_evaluate(config: RunConfig, run_dir: Path, record: Record, start:
     splits = load_splits(config.dataset)  # bad data fails here, before any model is loaded
     record.data = {"name": config.dataset.name, "fingerprint": splits.fingerprint,
                    "n_train": len(splits.train), "n_eval": len(splits.eval), "eval_split": splits.eval_split}
+    prompts = None
+    if config.eval.prompts:  # a bad prompts file or an unreachable set fails here, before any model is loaded
+        from qlora_lab.evaluate.prompt_sets import load_prompts
+
+        prompts = load_prompts(config.eval.prompts)
     if config.eval.lm_eval.tasks:  # a misspelt task fails here, before any training
         from qlora_lab.evaluate.zero_shot import task_manager
 
@@ -137,7 +142,7 @@ def _train_and_evaluate(config: RunConfig, run_dir: Path, record: Record, start:
         _train(config, built, encode(splits.train), run_dir, record, start)
         built.model.save_pretrained(adapter_dir(run_dir) if config.lora.enabled else full_model_dir(run_dir))
     eval_start = time.perf_counter()
-    _evaluate(config, built, encode, splits.eval, run_dir, record)
+    _evaluate(config, built, encode, splits.eval, run_dir, record, prompts)
     record.timing["eval_s"] = round(time.perf_counter() - eval_start, 3)
 
 
@@ -199,7 +204,8 @@ def _memory_estimate(config: RunConfig) -> dict | None:
         return None
 
 
-def _evaluate(config: RunConfig, built, encode, eval_pairs, run_dir: Path, record: Record) -> None:
+def _evaluate(config: RunConfig, built, encode, eval_pairs, run_dir: Path, record: Record,
+              prompts: list[dict] | None) -> None:
     from qlora_lab.evaluate.loss import heldout_loss
     from qlora_lab.evaluate.rouge import generate_answers, rouge_l
     from qlora_lab.model.quantize import compute_autocast
@@ -224,13 +230,10 @@ def _evaluate(config: RunConfig, built, encode, eval_pairs, run_dir: Path, recor
             record.metrics.update(_mmlu(built, ec.mmlu))
         heldout = answer(eval_pairs[: ec.n_generate], [f"heldout-{i}" for i in range(min(ec.n_generate, len(eval_pairs)))])
         prompted = []
-        if ec.prompts:
-            from qlora_lab.evaluate.rouge import PROMPT_SETS, named_prompts, read_prompts
-
-            asked = named_prompts(ec.prompts) if ec.prompts in PROMPT_SETS else read_prompts(Path(ec.prompts))
-            prompted = answer([(ec.prompt_template.format(prompt=r["prompt"]), r.get("reference")) for r in asked],
-                              [r["id"] for r in asked])
-            prompted = [{**row, "prompt": r["prompt"]} for row, r in zip(prompted, asked)]  # the question as asked
+        if prompts:
+            prompted = answer([(ec.prompt_template.format(prompt=r["prompt"]), r.get("reference")) for r in prompts],
+                              [r["id"] for r in prompts])
+            prompted = [{**row, "prompt": r["prompt"]} for row, r in zip(prompted, prompts)]  # the question as asked
     rows = [{**r, "set": "heldout"} for r in heldout] + [{**r, "set": "prompts"} for r in prompted]
     if rows:
         with open(run_dir / "generations.jsonl", "w", encoding="utf-8") as handle:

@@ -59,3 +59,38 @@ def tiny_base_dir() -> Path:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         config = run_config(compose(config_name="config"))
     return built_model_dir(config.model)
+
+
+def fastchat_questions(n: int = 80) -> str:
+    """Questions in FastChat's vicuna_bench layout (question_id, category, turns), written here."""
+    return "".join(json.dumps({"question_id": i, "category": "generic", "turns": [f"What is question {i} about?"]})
+                   + "\n" for i in range(1, n + 1))
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    """A real HTTP server on 127.0.0.1 serving tmp_path/served; yields (base URL, request paths seen)."""
+    import threading
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    served = tmp_path / "served"
+    served.mkdir()
+    seen: list[str] = []
+
+    class Handler(SimpleHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(served)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -38,39 +38,6 @@ def generate_answers(model, tokenizer, pairs: list[tuple[str, str]], max_new_tok
     return rows
 
 
-def first_human_turn(text: str) -> str:
-    """The opening question of a '### Human: ...### Assistant: ...' thread."""
-    return text.split("### Assistant:")[0].replace("### Human:", "", 1).strip()
-
-
-# Prompt sets by name: where the hub holds them. OASST1's are the user turns of the test split
-# the paper's Guanaco data carries. (The Vicuna benchmark's 80 questions have no hub copy we
-# could verify: pass them as a file.)
-PROMPT_SETS = {
-    "oasst1": {"hub_id": "timdettmers/openassistant-guanaco", "split": "test", "field": "text",
-               "to_prompt": first_human_turn},
-}
-
-
-def named_prompts(name: str) -> list[dict]:
-    import datasets
-
-    spec = PROMPT_SETS[name]
-    rows = datasets.load_dataset(spec["hub_id"], split=spec["split"])
-    return [{"id": f"{name}-{i}", "prompt": spec["to_prompt"](r[spec["field"]])} for i, r in enumerate(rows)]
-
-
-def read_prompts(path) -> list[dict]:
-    """A prompts JSONL: id, prompt and an optional reference per line."""
-    from qlora_lab.data.load import read_json_rows
-
-    rows = read_json_rows(path)
-    for number, row in enumerate(rows, start=1):
-        if "id" not in row or "prompt" not in row:
-            raise ValueError(f"{path}: row {number} lacks id or prompt; expected fields: id, prompt, reference (optional)")
-    return rows
-
-
 def rouge_l(rows: list[dict]) -> float | None:
     """Mean RougeL F-measure of generations against references (None when there are none)."""
     if not rows:

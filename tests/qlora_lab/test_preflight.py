@@ -10,7 +10,7 @@ from qlora_lab.train import CONF_DIR
 
 CASES = [
     (["eval.sampling=beam"], "eval.sampling=beam: expected one of greedy, paper"),
-    (["eval.prompts=/no/prompts.jsonl"], "eval.prompts=/no/prompts.jsonl: no such file (or a named set: oasst1)"),
+    (["eval.prompts=/no/prompts.jsonl"], "eval.prompts=/no/prompts.jsonl: no such file (or a named set: oasst1, vicuna)"),
     (["eval.prompt_template=hello"], "eval.prompt_template=hello: must contain {prompt}"),
     (["eval.ppl.path=/no/corpus"], "eval.ppl.path=/no/corpus: no such folder"),
     (["eval.mmlu.split=dev"], "eval.mmlu.split=dev: expected one of test, val"),

@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
-from conftest import FIXTURES, run_cli
+from conftest import FIXTURES, fastchat_questions, run_cli
 from qlora_lab.evaluate.perplexity import corpus_perplexity, corpus_texts
-from qlora_lab.evaluate.rouge import generate_answers, read_prompts
+from qlora_lab.evaluate.prompt_sets import read_prompts
+from qlora_lab.evaluate.rouge import generate_answers
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +62,13 @@ def test_prompts_file_rows_need_id_and_prompt(tmp_path):
         read_prompts(bad)
 
 
-def test_eval_only_run_with_corpus_and_prompts(tmp_path):
+def test_eval_only_run_with_corpus_and_prompts(tmp_path, file_server, monkeypatch):
+    """A prompts file and the Vicuna set (from a server on 127.0.0.1) answered in one run."""
+    base, _ = file_server
+    (tmp_path / "served" / "question.jsonl").write_text(fastchat_questions())
+    monkeypatch.setenv("QLORA_LAB_VICUNA_URL", f"{base}/question.jsonl")
     proc = run_cli("train.max_steps=0", f"eval.ppl.path={FIXTURES / 'corpus'}",
-                   f"eval.prompts={FIXTURES / 'prompts' / 'questions.jsonl'}", "eval.sampling=paper",
+                   f"eval.prompts=[{FIXTURES / 'prompts' / 'questions.jsonl'},vicuna]", "eval.sampling=paper",
                    "eval.prompt_template='### Human: {prompt}### Assistant:'", "eval.n_generate=1",
                    "eval.max_new_tokens=8", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -71,15 +76,7 @@ def test_eval_only_run_with_corpus_and_prompts(tmp_path):
     assert metrics["ppl_on"] == "corpus" and metrics["ppl"] > 1 and metrics["ppl_tokens"] > 100
     rows = [json.loads(line) for line in (tmp_path / "run" / "generations.jsonl").read_text().splitlines()]
     prompted = [r for r in rows if r["set"] == "prompts"]
-    assert [r["id"] for r in prompted] == ["q1", "q2", "q3"]
+    assert [r["id"] for r in prompted] == ["q1", "q2", "q3"] + [f"vicuna-{i}" for i in range(1, 81)]
+    assert prompted[-1]["prompt"] == "What is question 80 about?"
     assert prompted[0]["prompt"] == "How do I reverse a list in Python?" and prompted[2]["reference"] is None
     assert [r["id"] for r in rows if r["set"] == "heldout"] == ["heldout-0"]
-
-
-def test_the_oasst1_prompt_set_is_each_threads_first_question():
-    from qlora_lab.evaluate.rouge import PROMPT_SETS, first_human_turn
-
-    threads = [json.loads(line)["text"] for line in (FIXTURES / "datasets" / "oasst1.jsonl").read_text().splitlines()]
-    assert [first_human_turn(t) for t in threads] == ["Can you recommend a book on astronomy?",
-                                                      "How many legs does a spider have?", "Say hello in Spanish."]
-    assert PROMPT_SETS["oasst1"]["hub_id"] == "timdettmers/openassistant-guanaco"
