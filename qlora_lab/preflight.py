@@ -30,24 +30,31 @@ def check_command_line(argv: list[str], conf_dir: Path) -> str | None:
         parsed = OverridesParser.create().parse_overrides(args.overrides)
     except HydraException as err:
         return f"cannot parse the overrides: {str(err).splitlines()[0]}"
-    file_axes = sweep_file_axes(args.overrides, conf_dir)
-    parsed = parsed + file_axes
-    axes = []
-    for override in parsed:
-        if override.is_sweep_override():
-            axes.append([f"{override.get_key_element()}={v}" for v in _values(override)])
-        else:
-            axes.append([override.input_line])
-    base = [axis[0] for axis in axes]
-    candidates = [base] + [base[:i] + [value] + base[i + 1 :] for i, axis in enumerate(axes) for value in axis[1:]]
-    for overrides in candidates:
-        problem = _check_one(overrides, conf_dir)
-        if problem:
-            return _with_sweep_file(problem, overrides, args.overrides, file_axes, conf_dir)
+    from hydra import compose, initialize_config_dir
+
+    from qlora_lab.plan import CachedComposer
+
+    # one Hydra context for every check, and one composition per distinct set of group choices
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        composer = CachedComposer(conf_dir, compose)
+        file_axes = _sweep_file_axes(args.overrides, compose)
+        axes = []
+        for override in parsed + file_axes:
+            if override.is_sweep_override():
+                axes.append([f"{override.get_key_element()}={v}" for v in _values(override)])
+            else:
+                axes.append([override.input_line])
+        base = [axis[0] for axis in axes]
+        candidates = [base] + [base[:i] + [value] + base[i + 1 :] for i, axis in enumerate(axes) for value in axis[1:]]
+        for overrides in candidates:
+            problem = _check_one(overrides, conf_dir, composer)
+            if problem:
+                return _with_sweep_file(problem, overrides, args.overrides, file_axes, conf_dir, composer)
     return None
 
 
-def _with_sweep_file(problem: str, overrides: list[str], given: list[str], file_axes: list, conf_dir: Path) -> str:
+def _with_sweep_file(problem: str, overrides: list[str], given: list[str], file_axes: list, conf_dir: Path,
+                     composer) -> str:
     """A problem that the sweep file brings (its axes, its defaults, its values) names the file:
     the same run without the file composes."""
     sweep = next((o.split("=", 1)[1] for o in given if o.lstrip("+").startswith("sweep=")), None)
@@ -56,7 +63,7 @@ def _with_sweep_file(problem: str, overrides: list[str], given: list[str], file_
     from_file = {o.input_line for o in file_axes} | {f"{o.get_key_element()}={v}" for o in file_axes
                                                       if o.is_sweep_override() for v in _values(o)}
     own = [o for o in overrides if o not in from_file and not o.lstrip("+").startswith("sweep=")]
-    if _check_one(own, conf_dir) is None:
+    if _check_one(own, conf_dir, composer) is None:
         return f"sweeps/{sweep}.yaml: {problem}"
     return problem
 
@@ -77,17 +84,23 @@ def _values(override) -> list[str]:
 def sweep_file_axes(overrides: list[str], conf_dir: Path) -> list:
     """The axes a sweep file (`+sweep=NAME`) declares in hydra.sweeper.params, so that its
     values are checked like the command line's (the command line's own value wins)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        return _sweep_file_axes(overrides, compose)
+
+
+def _sweep_file_axes(overrides: list[str], compose) -> list:
+    """sweep_file_axes inside an initialized Hydra context."""
     if not any(o.lstrip("+").startswith("sweep=") for o in overrides):
         return []
-    from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     from qlora_lab.sweep_files import sweep_params
 
     try:
-        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
     except HydraException:
         return []  # the per-value checks below name the problem
     given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
@@ -95,13 +108,12 @@ def sweep_file_axes(overrides: list[str], conf_dir: Path) -> list:
     return OverridesParser.create().parse_overrides(declared)
 
 
-def _check_one(overrides: list[str], conf_dir: Path) -> str | None:
-    from hydra import compose, initialize_config_dir
+def _check_one(overrides: list[str], conf_dir: Path, composer) -> str | None:
+    """The problem with one run's overrides (composed by `composer` in an active Hydra context)."""
     from hydra.errors import HydraException, MissingConfigException
 
     try:
-        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides)
+        cfg = composer(overrides)
     except MissingConfigException as err:
         return _missing_option(err, overrides, conf_dir)
     except HydraException as err:
