@@ -122,6 +122,11 @@ def dequantize(state: QuantState, dtype: torch.dtype | None = None, out: torch.T
         raise ValueError(f"out must be a contiguous {dtype} tensor of shape {tuple(state.shape)}, not "
                          f"{out.dtype} {tuple(out.shape)}")
     n, bs = state.numel, state.blocksize
+    if native.triton_available() and state.packed.is_cuda and state.codebook.bits == 4:
+        from qlora_kernels.triton_dequant import dequantize_4bit_triton
+
+        values = dequantize_4bit_triton(state, dtype)
+        return values if out is None else out.copy_(values)
     if _compiled(state.codebook, state.packed):
         flat = native.dequantize_4bit(state.packed.reshape(-1), state.block_absmax(), state.codebook.tensor(), n, bs,
                                       dtype, out=None if out is None else out.view(-1))

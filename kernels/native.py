@@ -1,7 +1,8 @@
-"""The compiled CPU path of the 4-bit codec: `cpu_codec.c`, built on first use with the system C
-compiler for this CPU and cached, called through ctypes on torch's threads' worth of Python
-threads (ctypes lets go of the GIL). The plain-torch codec is the reference and the fallback:
-without a compiler, or with QLORA_KERNELS_NATIVE=0, nothing changes but speed.
+"""The compiled paths of the 4-bit codec. On the CPU: `cpu_codec.c`, built on first use with the
+system C compiler for this CPU and cached, called through ctypes on torch's threads' worth of
+Python threads (ctypes lets go of the GIL). On a GPU: the Triton dequantize kernel. The
+plain-torch codec is the reference and the fallback: without a compiler or Triton, or with
+QLORA_KERNELS_NATIVE=0, nothing changes but speed.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ _enabled = os.environ.get("QLORA_KERNELS_NATIVE", "1") != "0"
 
 @contextlib.contextmanager
 def enabled(flag: bool):
-    """Turn the compiled path on or off inside a block (the tests compare both paths)."""
+    """Turn the compiled paths on or off inside a block (the tests compare them with plain torch)."""
     global _enabled
     before, _enabled = _enabled, flag
     try:
@@ -43,6 +44,17 @@ def enabled(flag: bool):
 
 def available() -> bool:
     return _enabled and _library() is not None
+
+
+def triton_available() -> bool:
+    return _enabled and _has_triton()
+
+
+@lru_cache(maxsize=1)
+def _has_triton() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
 
 
 def cache_dir() -> Path:

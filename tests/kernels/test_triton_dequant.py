@@ -14,7 +14,7 @@ pytest.importorskip("triton", reason="triton is not installed: `pip install trit
 
 CHECK = textwrap.dedent("""
     import torch
-    from qlora_kernels import dequantize, quantize
+    from qlora_kernels import dequantize, native, quantize
     from qlora_kernels.triton_dequant import dequantize_4bit_triton
 
     device = "{device}"
@@ -29,7 +29,10 @@ CHECK = textwrap.dedent("""
                         weight = torch.randn(shape, dtype=dtype, device=device)
                         state = quantize(weight, book, blocksize=blocksize, double_quant=double_quant)
                         ours = dequantize_4bit_triton(state)
-                        ref = dequantize(state)
+                        with native.enabled(False):  # plain torch: on a GPU dequantize() is the kernel itself
+                            ref = dequantize(state)
+                        if device == "cuda":
+                            assert torch.equal(dequantize(state), ours)
                         assert ours.shape == ref.shape and ours.dtype == ref.dtype, (shape, dtype)
                         assert torch.equal(ours, ref), (book, blocksize, double_quant, dtype, shape)
                         checked += 1
@@ -67,3 +70,21 @@ def test_non_4bit_codebooks_are_refused():
 
     with pytest.raises(ValueError, match="decodes 4-bit codes; codebook 'nf3' has 3"):
         dequantize_4bit_triton(quantize(torch.randn(64), "nf3"))
+
+
+def test_the_gpu_benchmark_runs_its_code_on_the_cpu_under_the_interpreter():
+    """benchmarks/kernels_gpu.py end to end at a small size (its figures mean nothing here)."""
+    import re
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "kernels_gpu.py"
+    proc = subprocess.run([sys.executable, str(script), "--device", "cpu", "--size", "128", "--repeats", "2"],
+                          capture_output=True, text=True, env={**os.environ, "TRITON_INTERPRET": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("device: cpu (Triton interpreter: not a measurement)")
+    rows = re.findall(r"^(dequantize nf4 -> \w+|forward \+ backward, 16 tokens) \(ms\)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$",
+                      proc.stdout, flags=re.M)
+    assert [r[0] for r in rows] == ["dequantize nf4 -> bfloat16", "dequantize nf4 -> float16",
+                                    "dequantize nf4 -> float32", "forward + backward, 16 tokens"]
+    assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows)
+    assert re.search(r"^bf16 dequantize [\d.]+ GB/s vs device copy [\d.]+ GB/s: [\d.]+ of copy$", proc.stdout, re.M)
