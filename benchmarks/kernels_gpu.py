@@ -7,7 +7,7 @@
   written per second) against a device-to-device copy of the same output;
 - forward + backward of a quantized linear layer (tokens x size -> size, bf16 compute, the
   gradient w.r.t. the input): QuantLinear against bitsandbytes' Linear4bit.
-Times are triton.testing.do_bench medians. It prints the device, the date and the command,
+Times are triton.testing.do_bench medians (on the CPU, the best of `repeats` calls). It prints the device, the date and the command,
 so the figures go into benchmarks/RESULTS.md as they are.
 
 `--device cpu` under TRITON_INTERPRET=1 runs the same code on the CPU (bitsandbytes' CPU
@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import statistics
 import sys
-import time
 
 import torch
+from kernels_cpu import best_ms  # the CPU benchmark's timer, beside this file
 
 
 def timed_ms(fn, repeats: int, device: str) -> float:
@@ -30,13 +29,7 @@ def timed_ms(fn, repeats: int, device: str) -> float:
         from triton.testing import do_bench
 
         return do_bench(fn, rep=repeats, return_mode="median")
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+    return best_ms(fn, repeats)
 
 
 def dequantize_rows(size: int, repeats: int, device: str) -> list[tuple[str, float, float]]:

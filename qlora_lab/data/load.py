@@ -111,6 +111,18 @@ def _raw_rows(cfg: DatasetConfig) -> tuple[list[dict], str, tuple[str, list[dict
             (own, list(hub[own])) if own else None)
 
 
+def parse_jsonl(text: str, source) -> list:
+    """One JSON value per non-blank line; a bad line is named by its source and line number."""
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{source}:{number}: not valid JSON ({err.msg})") from None
+    return rows
+
+
 def read_json_rows(path: Path) -> list[dict]:
     """A JSON array of objects, or JSONL; a bad line is named by file and line number."""
     text = path.read_text(encoding="utf-8")
@@ -120,13 +132,7 @@ def read_json_rows(path: Path) -> list[dict]:
         except json.JSONDecodeError as err:
             raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
     else:
-        rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+        rows = parse_jsonl(text, path)
     for number, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
             raise DataError(f"{path}: row {number} is a {type(row).__name__}, expected an object")

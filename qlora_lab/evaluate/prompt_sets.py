@@ -5,7 +5,6 @@ missing file or an unreachable set fails the run before any compute is spent on 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import urllib.error
 import urllib.request
@@ -91,14 +90,12 @@ def _fetched_rows(name: str, spec: dict) -> list[dict]:
 
 
 def _parse(name: str, source: str, text: str) -> list[dict]:
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"eval.prompts={name}: {source} line {number} is not JSON ({err.msg})") from err
-    return rows
+    from qlora_lab.data.load import DataError, parse_jsonl
+
+    try:
+        return parse_jsonl(text, source)
+    except DataError as err:
+        raise ValueError(f"eval.prompts={name}: {err}") from None
 
 
 def _check_rows(name: str, url: str, rows: list[dict], spec: dict) -> None:
