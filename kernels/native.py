@@ -123,7 +123,8 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
 
 
 @lru_cache(maxsize=1)
-def _pool(threads: int) -> ThreadPoolExecutor:
+def _pool(threads: int, pid: int) -> ThreadPoolExecutor:
+    """One pool per process (a forked child inherits the pool but not its threads) and thread count."""
     return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="qlora_kernels")
 
 
@@ -135,7 +136,7 @@ def _over_blocks(call, n: int, blocksize: int) -> None:
         call(0, blocks)
         return
     bounds = [blocks * t // threads for t in range(threads + 1)]
-    for future in [_pool(torch.get_num_threads()).submit(call, bounds[t], bounds[t + 1]) for t in range(threads)]:
+    for future in [_pool(torch.get_num_threads(), os.getpid()).submit(call, bounds[t], bounds[t + 1]) for t in range(threads)]:
         future.result()
 
 

@@ -126,3 +126,30 @@ def test_processes_building_at_once_into_an_empty_cache_all_load_a_whole_library
         assert "available True" in out
     built = list((tmp_path / "qlora_kernels").glob("*.so"))
     assert len(built) == 1 and built[0].name.startswith("cpu_codec-")
+
+
+FORK = """
+import os, torch
+from qlora_kernels import dequantize, native, quantize
+state = quantize(torch.randn(512, 1024), "nf4", blocksize=64)  # past the parallel size
+expected = dequantize(state)  # the parent's decode made its thread pool
+assert native._pool.cache_info().currsize == 1
+reader, writer = os.pipe()
+child = os.fork()
+if child == 0:
+    values = dequantize(state)
+    os.write(writer, b"ok" if values.equal(expected) else b"differ")
+    os._exit(0)
+os.waitpid(child, 0)
+print(os.read(reader, 16).decode())
+"""
+
+
+def test_a_forked_child_decodes_on_threads_of_its_own():
+    """A fork inherits the parent's thread pool without its threads: the child makes its own pool
+    (with the parent's, its decode would wait forever). In a fresh process: torch's own OpenMP
+    pool, once used by a parent, hangs a forked child by itself."""
+    done = subprocess.run([sys.executable, "-c", FORK], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"
