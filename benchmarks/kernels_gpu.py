@@ -7,8 +7,8 @@
   written per second) against a device-to-device copy of the same output;
 - forward + backward of a quantized linear layer (tokens x size -> size, bf16 compute, the
   gradient w.r.t. the input): QuantLinear against bitsandbytes' Linear4bit.
-Times are triton.testing.do_bench medians (on the CPU, the best of `repeats` calls). It prints the device, the date and the command,
-so the figures go into benchmarks/RESULTS.md as they are.
+Times are triton.testing.do_bench medians (on the CPU, the best of `repeats` calls). It prints
+the device, the date and the command, so the figures go into benchmarks/RESULTS.md as they are.
 
 `--device cpu` under TRITON_INTERPRET=1 runs the same code on the CPU (bitsandbytes' CPU
 backend, Triton's interpreter): a check of the script, not a measurement.
@@ -106,7 +106,8 @@ def main() -> None:
     for label, ours, theirs in rows:
         print(f"{label:<42}{ours:>15.3f}{theirs:>14.3f}{theirs / ours:>13.2f}")
     ours_gbs, copy_gbs = bandwidth(args.size, args.repeats, args.device)
-    print(f"\nbf16 dequantize {ours_gbs:.1f} GB/s vs device copy {copy_gbs:.1f} GB/s: {ours_gbs / copy_gbs:.2f} of copy")
+    print(f"\nbf16 dequantize {ours_gbs:.1f} GB/s vs device copy {copy_gbs:.1f} GB/s: "
+          f"{ours_gbs / copy_gbs:.2f} of copy")
 
 
 if __name__ == "__main__":

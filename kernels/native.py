@@ -136,7 +136,8 @@ def _over_blocks(call, n: int, blocksize: int) -> None:
         call(0, blocks)
         return
     bounds = [blocks * t // threads for t in range(threads + 1)]
-    for future in [_pool(torch.get_num_threads(), os.getpid()).submit(call, bounds[t], bounds[t + 1]) for t in range(threads)]:
+    pool = _pool(torch.get_num_threads(), os.getpid())
+    for future in [pool.submit(call, bounds[t], bounds[t + 1]) for t in range(threads)]:
         future.result()
 
 
@@ -159,7 +160,8 @@ def dequantize_4bit(packed: torch.Tensor, absmax: torch.Tensor, table: torch.Ten
 
 
 def _fresh(library: ctypes.CDLL, n: int, dtype: torch.dtype) -> torch.Tensor:
-    """An output tensor, large ones on huge pages (its memory is new: nothing else shares it)."""
+    """An output tensor, large ones advised onto huge pages (advice only: it changes how the
+    memory is backed, never what it holds, so memory an allocator reuses is safe too)."""
     tensor = torch.empty(n, dtype=dtype)
     if tensor.nbytes >= HUGE_PAGE_MIN_BYTES:
         library.advise_huge_pages(tensor.data_ptr(), tensor.nbytes)

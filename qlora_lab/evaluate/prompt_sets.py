@@ -67,7 +67,8 @@ def read_prompts(path: Path) -> list[dict]:
     rows = read_json_rows(path)
     for number, row in enumerate(rows, start=1):
         if "id" not in row or "prompt" not in row:
-            raise ValueError(f"{path}: row {number} lacks id or prompt; expected fields: id, prompt, reference (optional)")
+            raise ValueError(f"{path}: row {number} lacks id or prompt; expected fields: id, prompt, "
+                             f"reference (optional)")
     return rows
 
 
