@@ -93,9 +93,15 @@ def quantize(weight: torch.Tensor, book: str | Codebook, blocksize: int = 64, do
     if _compiled(book, flat):
         midpoints, order = sorted_codes(book.values)
         packed, absmax = native.quantize_4bit(flat, midpoints, order, book.zero_code, blocksize)
-        nested = quantize_absmax(absmax) if double_quant else None
-        return QuantState(packed=packed, absmax=None if double_quant else absmax, nested=nested, shape=weight.shape,
-                          dtype=weight.dtype, blocksize=blocksize, codebook=book)
+    else:
+        packed, absmax = _quantize_torch(flat, book, blocksize)
+    nested = quantize_absmax(absmax) if double_quant else None
+    return QuantState(packed=packed, absmax=None if double_quant else absmax, nested=nested, shape=weight.shape,
+                      dtype=weight.dtype, blocksize=blocksize, codebook=book)
+
+
+def _quantize_torch(flat: torch.Tensor, book: Codebook, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(packed codes, absmax per block) of a flat float32 tensor, in plain torch (any width, any device)."""
     n = flat.numel()
     full = n - n % blocksize
     blocks = flat[:full].view(-1, blocksize)
@@ -105,11 +111,7 @@ def quantize(weight: torch.Tensor, book: str | Codebook, blocksize: int = 64, do
         tail_max = flat[full:].abs().max().clamp(min=1e-38)
         absmax = torch.cat([absmax, tail_max.unsqueeze(0)])
         scaled = torch.cat([scaled, torch.clamp(flat[full:] / tail_max, -1, 1)])
-    codes = nearest_codes(scaled, book)
-    packed = packing.pack(codes, book.bits, pad_code=book.zero_code)
-    nested = quantize_absmax(absmax) if double_quant else None
-    return QuantState(packed=packed, absmax=None if double_quant else absmax, nested=nested, shape=weight.shape,
-                      dtype=weight.dtype, blocksize=blocksize, codebook=book)
+    return packing.pack(nearest_codes(scaled, book), book.bits, pad_code=book.zero_code), absmax
 
 
 def dequantize(state: QuantState, dtype: torch.dtype | None = None, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -313,8 +313,7 @@ class EvalConfig:
     mmlu: MmluConfig = field(default_factory=MmluConfig)
     ppl: PplConfig = field(default_factory=PplConfig)
     lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
-    # JSONL of id, prompt[, reference], a named set (oasst1, vicuna), or a list of them: answered
-    # into generations.jsonl
+    # JSONL of id, prompt[, reference], a set (oasst1, vicuna), or a list: into generations.jsonl
     prompts: Optional[Union[str, list]] = None
     prompt_template: str = "{prompt}"  # how a prompt is put to the model (Guanaco: "### Human: {prompt}### Assistant:")
     sampling: str = "greedy"  # greedy | paper (top-p 0.9, temperature 0.7), seeded by train.seed

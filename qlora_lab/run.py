@@ -245,13 +245,7 @@ def _evaluate(config: RunConfig, built, encode, eval_pairs, run_dir: Path, recor
 def _corpus_ppl(built, ec) -> dict:
     from qlora_lab.evaluate.perplexity import corpus_perplexity, corpus_texts
 
-    if ec.ppl.path == "stdlib":
-        from qlora_lab.data.stdlib_mc import heldout_source_texts
-
-        texts = heldout_source_texts()
-    else:
-        texts = corpus_texts(Path(ec.ppl.path) if ec.ppl.path else None, ec.ppl.hub_id, ec.ppl.hub_config,
-                             ec.ppl.text_field)
+    texts = corpus_texts(ec.ppl.path, ec.ppl.hub_id, ec.ppl.hub_config, ec.ppl.text_field)
     ppl, tokens = corpus_perplexity(built.model, built.tokenizer, texts, ec.ppl.seq_len, ec.ppl.max_tokens,
                                     ec.batch_size)
     return {"ppl": ppl, "ppl_on": "corpus", "ppl_tokens": tokens}
@@ -276,12 +270,7 @@ def _zero_shot(built, cfg, seed: int) -> dict:
 def _mmlu(built, cfg) -> dict:
     from qlora_lab.evaluate import mmlu
 
-    if cfg.path == "hub":
-        subjects = mmlu.load_hub(cfg.hub_id, cfg.split)
-    else:
-        from qlora_lab.data.stdlib_mc import stdlib_mmlu_dir
-
-        subjects = mmlu.load_local(stdlib_mmlu_dir() if cfg.path == "stdlib" else Path(cfg.path), cfg.split)
+    subjects = mmlu.load(cfg.path, cfg.hub_id, cfg.split)
     result = mmlu.evaluate_mmlu(built.model, built.tokenizer, subjects, cfg.split, cfg.shots, cfg.batch_size)
     return {"mmlu_acc": result.accuracy, "mmlu_acc_by_subject": result.by_subject, "mmlu_split": result.split,
             "mmlu_shots": result.shots, "mmlu_n_questions": result.n_questions}

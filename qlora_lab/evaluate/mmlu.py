@@ -35,6 +35,17 @@ class MmluResult:
     n_questions: int
 
 
+def load(path: str, hub_id: str, split: str) -> dict[str, tuple[list[Question], list[Question]]]:
+    """`eval.mmlu.path`'s benchmark: "hub" (hub_id), "stdlib" (generated here) or a local folder."""
+    if path == "hub":
+        return load_hub(hub_id, split)
+    if path == "stdlib":
+        from qlora_lab.data.stdlib_mc import stdlib_mmlu_dir
+
+        return load_local(stdlib_mmlu_dir(), split)
+    return load_local(Path(path), split)
+
+
 def load_local(folder: Path, split: str) -> dict[str, tuple[list[Question], list[Question]]]:
     """subject -> (dev questions for the shots, questions of `split`), from the standard layout:
     dev/<subject>_dev.csv and test/<subject>_test.csv or val/<subject>_val.csv, no header."""

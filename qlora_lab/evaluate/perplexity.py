@@ -9,8 +9,13 @@ from pathlib import Path
 import torch
 
 
-def corpus_texts(folder: Path | None, hub_id: str | None, hub_config: str | None, text_field: str) -> list[str]:
-    """A local folder's *.txt files (sorted), or a hub dataset's text field."""
+def corpus_texts(folder: str | Path | None, hub_id: str | None, hub_config: str | None, text_field: str) -> list[str]:
+    """A local folder's *.txt files (sorted), "stdlib" (the library source no built base was
+    pretrained on), or a hub dataset's text field."""
+    if folder == "stdlib":
+        from qlora_lab.data.stdlib_mc import heldout_source_texts
+
+        return heldout_source_texts()
     if folder is not None:
         texts = [p.read_text(encoding="utf-8", errors="replace") for p in sorted(Path(folder).rglob("*.txt"))]
         if not texts:
