@@ -29,8 +29,9 @@ PAIRS = [("def add(a, b):\n    \"\"\"Sum.\"\"\"\n", "    return a + b\n"),
 
 
 def lora_grads(evaluate_first: bool, allow_repacking: bool = False, model_cfg: ModelConfig = ODD_WIDTH,
-               ) -> dict[str, torch.Tensor]:
-    built = build_model(model_cfg, DTypeConfig(), LoraConfig(r=8, dropout=0.0), seed=0, gradient_checkpointing=False)
+               backend: str = "bnb") -> dict[str, torch.Tensor]:
+    built = build_model(model_cfg, DTypeConfig(backend=backend), LoraConfig(r=8, dropout=0.0), seed=0,
+                        gradient_checkpointing=False)
     model, tok = built.model, built.tokenizer
     with torch.no_grad():  # B starts at zero; give it values so every adapter gradient is non-trivial
         for name, p in model.named_parameters():
@@ -50,10 +51,11 @@ def lora_grads(evaluate_first: bool, allow_repacking: bool = False, model_cfg: M
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+@pytest.mark.parametrize("backend", ["bnb", "lab"])  # lab: qlora_kernels' QuantLinear on the compiled codec
 @pytest.mark.parametrize("model_cfg", [ODD_WIDTH, EVEN_WIDTH], ids=["width688", "width704"])
-def test_training_after_evaluation_gets_a_fresh_models_gradients(model_cfg):
-    fresh = lora_grads(evaluate_first=False, model_cfg=model_cfg)
-    after_eval = lora_grads(evaluate_first=True, model_cfg=model_cfg)
+def test_training_after_evaluation_gets_a_fresh_models_gradients(model_cfg, backend):
+    fresh = lora_grads(evaluate_first=False, model_cfg=model_cfg, backend=backend)
+    after_eval = lora_grads(evaluate_first=True, model_cfg=model_cfg, backend=backend)
     assert fresh.keys() == after_eval.keys() and len(fresh) == 2 * 2 * 7  # A and B, 7 targets, 2 layers
     for name in fresh:
         assert torch.equal(fresh[name], after_eval[name]), name
