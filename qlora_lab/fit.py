@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,9 +143,14 @@ def _tensor_peak_callback():
 
 
 def process_start_time() -> float:
-    """Unix time this process started (for start-up cost: imports, compose, load, first step)."""
+    """Unix time this job's process started (for start-up cost: imports, compose, load, first
+    step); a run forked by the warm server counts from its job's process, not from the fork."""
     import psutil
 
+    from qlora_lab.warm_start import START_ENV
+
+    if os.environ.get(START_ENV):
+        return float(os.environ[START_ENV])
     return psutil.Process().create_time()
 
 

@@ -87,7 +87,14 @@ class ResourceAwareSlurmLauncher(_PerJobResources, SlurmLauncher):
 
 
 class ResourceAwareLocalLauncher(_PerJobResources, LocalLauncher):
-    """`hydra/launcher=local`: submitit_local, resources from each job's model config."""
+    """`hydra/launcher=local`: submitit_local, resources from each job's model config; the
+    jobs' runs fork from one warm server that imported the libraries once (qlora_lab.warm_start)."""
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from qlora_lab.warm_start import server
+
+        with server():
+            return super().launch(job_overrides, initial_job_idx)
 
 
 PLUGIN_PREFIX = "hydra_plugins.qlora_lab."  # the `_target_` prefix in conf/hydra/launcher/*.yaml

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import platform
 import subprocess
 from dataclasses import dataclass, field
@@ -78,14 +79,18 @@ def read_record(path: Path) -> Record:
 
 
 def environment(device: str) -> dict:
-    """What produced the numbers: library versions, device, the code's git commit."""
+    """What produced the numbers: library versions, device, the code's git commit, and whether
+    the run was forked from a warm server (qlora_lab.warm_start) or imported its own libraries."""
+    from qlora_lab.warm_start import START_ENV
+
     versions = {}
     for package in ("torch", "transformers", "peft", "bitsandbytes", "qlora-lab"):
         try:
             versions[package.replace("-", "_")] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package.replace("-", "_")] = None
-    return {**versions, "python": platform.python_version(), "device": device, "git_sha": _git_sha()}
+    return {**versions, "python": platform.python_version(), "device": device, "git_sha": _git_sha(),
+            "warm_start": bool(os.environ.get(START_ENV))}
 
 
 def _git_sha() -> str | None:

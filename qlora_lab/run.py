@@ -38,12 +38,17 @@ def run_task(cfg, run_dir: Path, overrides: list[str]) -> Record:
         write_record(run_dir, record)
         log.error("run %s failed: %s", run_dir, err)
         return record
-    return run(config, run_dir, overrides)
+    from qlora_lab.warm_start import call
+
+    return call(run, config, run_dir, overrides)  # in a warm server's child on the local launcher
 
 
 def run(config: RunConfig, run_dir: Path, overrides: list[str]) -> Record:
     """Train, evaluate, record; a folder that already holds an ok record of this very config
     is reused as it is (a relaunched sweep redoes only failed and unfinished runs)."""
+    from qlora_lab.job_threads import apply_job_threads
+
+    apply_job_threads()
     config = with_native_compute(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     with file_lock(run_dir / ".lock"):  # two launches of one sweep at once: the second waits, then reuses

@@ -23,10 +23,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`python -m qlora_lab.train ARGS` as a user runs it."""
+def run_cli(*args: str, cwd: Path, timeout: int = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m qlora_lab.train ARGS` as a user runs it (`env`: variables set on top of ours)."""
     return subprocess.run([sys.executable, "-m", "qlora_lab.train", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env=os.environ.copy())
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def records_under(sweep_dir: Path) -> dict[str, dict]:

@@ -140,8 +140,8 @@ def test_a_failed_run_leaves_a_failed_record_and_the_sweep_goes_on(tmp_path):
 
 
 def test_local_launcher_runs_the_grid_in_parallel_processes(tmp_path):
-    proc = run_cli("-m", "dtype=nf4,fp32", "hydra/launcher=local", "train.max_steps=3",
-                   "eval.n_generate=0", "train.report_to=none", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    args = ("hydra/launcher=local", "train.max_steps=3", "eval.n_generate=0", "train.report_to=none")
+    proc = run_cli("-m", "dtype=nf4,fp32", *args, f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     records = records_under(tmp_path / "sweep")
     assert len(records) == 2 and all(r["status"] == "ok" for r in records.values())
@@ -149,6 +149,16 @@ def test_local_launcher_runs_the_grid_in_parallel_processes(tmp_path):
     assert bits == [pytest.approx(tiny_nf4_dq_bits(), abs=1e-6), 32.0]
     assert len({r["env"]["git_sha"] for r in records.values()}) == 1
     assert list((tmp_path / "sweep" / ".submitit").iterdir())  # it really went through submitit
+    assert all(r["env"]["warm_start"] for r in records.values())  # forked from the launch's warm server
+
+    # The same job imported in its own process gives the same numbers to the last bit.
+    proc = run_cli("-m", "dtype=nf4", *args, f"hydra.sweep.dir={tmp_path / 'cold'}", cwd=tmp_path,
+                   env={"QLORA_LAB_WARM_START": "0"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cold, warm = records_under(tmp_path / "cold")["0"], records["0"]
+    assert not cold["env"]["warm_start"] and cold["run_id"] == warm["run_id"]
+    for key in ("train_loss_first", "train_loss_last", "eval_loss"):
+        assert cold["metrics"][key] == warm["metrics"][key], key
 
 
 def test_eval_only_run_measures_the_quantized_base(tmp_path):

@@ -1,0 +1,271 @@
+"""Warm start for local sweeps: the libraries a run needs are imported once per launch, and
+each local job's run is forked from the process that holds them.
+
+Importing torch, transformers, peft, bitsandbytes and the Trainer takes about 10 s on a
+2-core machine, more than a small run's own work; submitit's local executor starts every job
+as a fresh interpreter that pays it again. So `hydra/launcher=local` starts one server per
+launch (`server()`), and each job's process (submitit's own, which keeps its signals, requeue
+and result files) hands its run to it (`call()`): the server forks a child that takes the
+job's working folder, environment, stdout and stderr, runs the run and sends back its result.
+
+Nothing runs twice and nothing outlives its job: a job falls back to running in its own
+process only while no child has taken its run; the child kills itself when the job's process
+goes away (kill -9 included), and the job kills the child when it is signalled (timeout,
+preemption, cancel) before submitit's handler requeues it. Forking after these imports is
+what torch's DataLoader workers do; CUDA cannot be forked, so the server refuses on a machine
+with a visible GPU (its jobs then start cold). `QLORA_LAB_WARM_START=0` turns it off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import pickle
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+log = logging.getLogger(__name__)
+
+SOCKET_ENV = "QLORA_LAB_WARM_SOCKET"  # set by the launching process for its jobs
+SWITCH_ENV = "QLORA_LAB_WARM_START"  # "0": every job imports its own libraries
+START_ENV = "QLORA_LAB_PROCESS_START"  # the job process's start (Unix time), for start-up timing
+HANDSHAKE_TIMEOUT_S = 600.0  # a job waits this long for the server's imports, then starts cold
+
+# What a run imports before its first step and after (evaluation), heaviest first.
+PRELOAD = ("torch", "bitsandbytes", "transformers", "transformers.trainer", "peft", "accelerate", "datasets",
+           "rouge_score.rouge_scorer", "transformers.models.llama.modeling_llama", "qlora_lab.run", "qlora_lab.fit",
+           "qlora_lab.model.build", "qlora_lab.data.load", "qlora_lab.data.tokens", "qlora_lab.evaluate.loss",
+           "qlora_lab.evaluate.rouge", "qlora_lab.memory_estimate")
+
+
+class NotStarted(Exception):
+    """No child took the run: running it in the job's own process is safe."""
+
+
+@contextlib.contextmanager
+def server() -> Iterator[str | None]:
+    """One warm server for the jobs a launch submits; yields its socket (None when off)."""
+    if os.environ.get(SWITCH_ENV, "1") == "0":
+        yield None
+        return
+    folder = tempfile.mkdtemp(prefix="qlora-warm-")  # 0700: only this user may hand it code
+    path = os.path.join(folder, "socket")
+    process = subprocess.Popen([sys.executable, "-m", "qlora_lab.warm_start", path, str(os.getpid())],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    _wait_bound(process, path)
+    previous = os.environ.get(SOCKET_ENV)
+    os.environ[SOCKET_ENV] = path  # submitit's local executor passes the environment to its jobs
+    try:
+        yield path
+    finally:
+        if previous is None:
+            os.environ.pop(SOCKET_ENV, None)
+        else:
+            os.environ[SOCKET_ENV] = previous
+        process.terminate()
+        process.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _wait_bound(process: subprocess.Popen, path: str, timeout_s: float = 60.0) -> None:
+    """Until the server listens (it binds before its imports), so no job finds no socket."""
+    end = time.monotonic() + timeout_s
+    while not os.path.exists(path) and process.poll() is None and time.monotonic() < end:
+        time.sleep(0.02)
+
+
+def call(function: Callable[..., Any], *args: Any) -> Any:
+    """function(*args), in a child of the launch's warm server when there is one."""
+    path = os.environ.get(SOCKET_ENV)
+    if not path:
+        return function(*args)
+    try:
+        conn, pid = _hand_over(path, function, args)
+    except NotStarted as why:
+        log.warning("warm start not used (%s): this job imports its own libraries", why)
+        return function(*args)
+    finished = False
+    try:
+        kind, value = _receive(conn)
+        finished = True
+    except (OSError, EOFError):
+        raise RuntimeError(f"the run's process (pid {pid}, forked by the warm server) ended without a result")
+    finally:
+        if not finished:  # this job was signalled or its wait broke: the run stops with it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        conn.close()
+    if kind == "error":
+        raise value
+    return value
+
+
+def _hand_over(path: str, function: Callable[..., Any], args: tuple) -> tuple[socket.socket, int]:
+    """Connect, send the run with this job's stdout and stderr; the child's pid once it took it."""
+    import psutil
+
+    request = {"function": function, "args": args, "cwd": os.getcwd(), "env": dict(os.environ),
+               "started": psutil.Process().create_time(), "logging": _logging_spec()}
+    try:
+        data = pickle.dumps(request)
+    except (pickle.PicklingError, AttributeError, TypeError) as err:
+        raise NotStarted(f"the run cannot be sent: {err}") from None
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.settimeout(HANDSHAKE_TIMEOUT_S)
+        conn.connect(path)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        _send(conn, data, fds=(sys.stdout.fileno(), sys.stderr.fileno()))
+        pid = _receive(conn)["pid"]
+    except (OSError, EOFError) as err:
+        conn.close()
+        raise NotStarted(f"{type(err).__name__}: {err}" if str(err) else type(err).__name__) from None
+    conn.settimeout(None)
+    return conn, pid
+
+
+def _send(conn: socket.socket, message: Any, fds: tuple[int, ...] = ()) -> None:
+    """A length-prefixed pickle (`message` may come pickled already), `fds` passed with it."""
+    data = message if isinstance(message, bytes) else pickle.dumps(message)
+    header = struct.pack("!Q", len(data))
+    if fds:
+        socket.send_fds(conn, [header], list(fds))
+    else:
+        conn.sendall(header)
+    conn.sendall(data)
+
+
+def _receive(conn: socket.socket, fds: list[int] | None = None) -> Any:
+    """One message; with `fds`, the file descriptors that came with it are appended there."""
+    header = b""
+    while len(header) < 8:
+        if fds is not None and not header:
+            chunk, got, _, _ = socket.recv_fds(conn, 8, 4)
+            fds.extend(got)
+        else:
+            chunk = conn.recv(8 - len(header))
+        if not chunk:
+            raise EOFError("connection closed")
+        header += chunk
+    size, data = struct.unpack("!Q", header)[0], bytearray()
+    while len(data) < size:
+        chunk = conn.recv(min(size - len(data), 1 << 20))
+        if not chunk:
+            raise EOFError("connection closed")
+        data += chunk
+    return pickle.loads(data)
+
+
+def _logging_spec() -> dict:
+    """The job's log set-up (Hydra's: console and `<job>.log`), for the child to repeat."""
+    root = logging.getLogger()
+    handlers = []
+    for handler in root.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handlers.append(("file", handler.baseFilename))
+        elif isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout, sys.stderr):
+            handlers.append(("stream", "stdout" if handler.stream is sys.stdout else "stderr"))
+    formats = [h.formatter._fmt for h in root.handlers if h.formatter is not None]
+    return {"level": root.level, "format": formats[0] if formats else None, "handlers": handlers}
+
+
+def _apply_logging(spec: dict) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    formatter = logging.Formatter(spec["format"])
+    for kind, where in spec["handlers"]:
+        handler = logging.FileHandler(where) if kind == "file" else logging.StreamHandler(getattr(sys, where))
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    root.setLevel(spec["level"])
+
+
+def serve(path: str, parent_pid: int) -> None:
+    """Bind first (jobs that start meanwhile wait in the backlog), import, then fork a child per job
+    until the launching process is gone."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(128)
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # asking must not start CUDA here
+    import torch
+
+    if torch.cuda.is_available():
+        print("qlora_lab warm start: not used, a GPU is visible and CUDA cannot be forked", file=sys.stderr)
+        return
+    for name in PRELOAD:
+        importlib.import_module(name)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    listener.settimeout(1.0)
+    while os.getppid() == parent_pid:
+        try:
+            conn, _ = listener.accept()
+        except socket.timeout:
+            continue
+        conn.settimeout(None)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if os.fork() == 0:
+            listener.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            _child(conn)
+        conn.close()
+
+
+def _child(conn: socket.socket) -> None:
+    """Become the job: its folder, environment, output and logging; run; answer; exit."""
+    code = 1
+    try:
+        fds: list[int] = []
+        request = _receive(conn, fds)
+        for fd, target in zip(fds, (1, 2)):
+            os.dup2(fd, target)
+            os.close(fd)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        os.environ.pop(SOCKET_ENV, None)  # a run in here never hands itself over again
+        os.environ[START_ENV] = repr(request["started"])
+        _apply_logging(request["logging"])
+        _send(conn, {"pid": os.getpid()})
+        threading.Thread(target=_die_with_job, args=(conn,), daemon=True).start()
+        try:
+            answer = ("ok", request["function"](*request["args"]))
+        except BaseException as err:  # the job raises it, as if the run had run there
+            answer = ("error", err if _picklable(err) else RuntimeError(f"{type(err).__name__}: {err}"))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        _send(conn, answer)
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _die_with_job(conn: socket.socket) -> None:
+    """The job's process went away (or has its answer): so does this child."""
+    with contextlib.suppress(OSError):
+        conn.recv(1)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _picklable(value: Any) -> bool:
+    try:
+        pickle.loads(pickle.dumps(value))
+        return True
+    except Exception:
+        return False
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1], int(sys.argv[2]))

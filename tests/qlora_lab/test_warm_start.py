@@ -1,0 +1,122 @@
+"""The warm server for local sweeps: a job's run forks from one process that imported the
+libraries, with the job's folder, environment and output, and never outlives the job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from qlora_lab import warm_start
+
+
+@pytest.fixture(scope="module")
+def server_socket():
+    """One real server for the module (it imports torch, transformers, peft, bitsandbytes)."""
+    with warm_start.server() as path:
+        yield path
+
+
+def job(code: str, cwd: Path, socket_path: str | None) -> subprocess.Popen:
+    """A job's process: a fresh interpreter that hands `code`'s call to the server."""
+    env = {**os.environ, warm_start.SOCKET_ENV: socket_path} if socket_path else \
+        {k: v for k, v in os.environ.items() if k != warm_start.SOCKET_ENV}
+    script = "import os, sys\nfrom qlora_lab.warm_start import call\n" + textwrap.dedent(code)
+    return subprocess.Popen([sys.executable, "-c", script], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(predicate, timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.1)
+
+
+def test_the_run_takes_the_jobs_folder_environment_and_output(server_socket, tmp_path):
+    proc = job("""
+        import logging
+        logging.basicConfig(filename="job.log", format="job format: %(message)s", level=logging.INFO)
+        os.environ["JOB_ONLY"] = "seen"
+        call(logging.info, "logged by the child")
+        pid, cwd, value = call(os.getpid), call(os.getcwd), call(os.getenv, "JOB_ONLY")
+        call(os.system, "echo child-out; echo child-err >&2")
+        print(pid != os.getpid(), cwd, value)
+    """, tmp_path, server_socket)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "child-out" in out and "child-err" in err  # the child wrote to the job's own stdout and stderr
+    assert "logged by the child" not in out + err  # the job logs to its file only: so does the child
+    assert out.strip().splitlines()[-1] == f"True {tmp_path} seen"
+    assert (tmp_path / "job.log").read_text() == "job format: logged by the child\n"  # the job's log set-up
+
+
+def test_an_error_in_the_run_is_raised_in_the_job(server_socket, tmp_path):
+    proc = job("""
+        try:
+            call(int, "not a number")
+        except ValueError as err:
+            print("raised:", err)
+    """, tmp_path, server_socket)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "raised: invalid literal for int() with base 10: 'not a number'" in out
+
+
+def test_a_job_killed_with_sigkill_takes_its_run_with_it(server_socket, tmp_path):
+    pid_file = tmp_path / "child.pid"
+    proc = job(f"call(os.system, 'echo $PPID > {pid_file}; sleep 120')", tmp_path, server_socket)
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip())
+    child = int(pid_file.read_text())
+    assert psutil.pid_exists(child) and child != proc.pid
+    proc.kill()
+    proc.wait()
+    wait_for(lambda: not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE, 10)
+
+
+def test_a_signalled_job_stops_its_run_before_it_exits(server_socket, tmp_path):
+    pid_file = tmp_path / "child.pid"
+    proc = job(f"call(os.system, 'echo $PPID > {pid_file}; sleep 120')", tmp_path, server_socket)
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip())
+    child = int(pid_file.read_text())
+    proc.send_signal(signal.SIGINT)  # submitit's cancel; its timeout and preemption handlers raise likewise
+    proc.wait(timeout=30)
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_run_whose_process_dies_fails_and_is_not_run_again(server_socket, tmp_path):
+    marker = tmp_path / "runs"
+    proc = job(f"call(os.system, 'echo ran >> {marker}; kill -9 $PPID')", tmp_path, server_socket)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1
+    assert "RuntimeError: the run's process (pid" in err and "ended without a result" in err
+    assert marker.read_text() == "ran\n"
+
+
+def test_without_a_server_the_job_runs_its_own_run(tmp_path):
+    proc = job("print(call(os.getpid) == os.getpid())", tmp_path, str(tmp_path / "no-server"))
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert out.strip() == "True"
+    assert "warm start not used (FileNotFoundError" in err
+
+
+def test_the_switch_turns_it_off(monkeypatch):
+    monkeypatch.setenv(warm_start.SWITCH_ENV, "0")
+    monkeypatch.delenv(warm_start.SOCKET_ENV, raising=False)
+    with warm_start.server() as path:
+        assert path is None and warm_start.SOCKET_ENV not in os.environ
+
+
+def test_a_run_that_cannot_be_sent_runs_in_the_job(tmp_path):
+    proc = job("print(call(lambda: os.getpid()) == os.getpid())", tmp_path, str(tmp_path / "no-server"))
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert out.strip() == "True" and "warm start not used (the run cannot be sent" in err
