@@ -53,6 +53,7 @@ class _PerJobResources:
         groups: dict[tuple, list[int]] = {}
         for idx, wanted in enumerate(per_job):
             groups.setdefault(tuple(sorted(wanted.items())), []).append(idx)
+        self._before_submit()
         jobs: dict[int, Any] = {}
         for key, members in groups.items():
             executor = self._executor(dict(key))
@@ -66,6 +67,9 @@ class _PerJobResources:
             for idx, job in zip(members, executor.map_array(self, *zip(*job_params))):
                 jobs[idx] = job
         return [jobs[idx].results()[0] for idx in range(len(job_overrides))]
+
+    def _before_submit(self) -> None:
+        """Called once the jobs' resources are known, just before they are submitted."""
 
     def _executor(self, resources: dict[str, Any]):
         import submitit
@@ -90,11 +94,21 @@ class ResourceAwareLocalLauncher(_PerJobResources, LocalLauncher):
     """`hydra/launcher=local`: submitit_local, resources from each job's model config; the
     jobs' runs fork from one warm server that imported the libraries once (qlora_lab.warm_start)."""
 
+    _warm = None
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from qlora_lab.warm_start import server
 
-        with server():
+        with server() as self._warm:  # its imports overlap the composing of each job's resources
             return super().launch(job_overrides, initial_job_idx)
+
+    def _before_submit(self) -> None:
+        if self._warm is not None:
+            self._warm.ready()  # no job waits on the imports inside its own time limit
+
+    def __getstate__(self) -> dict:
+        """Each job gets this launcher pickled: without the launch's server process."""
+        return {key: value for key, value in self.__dict__.items() if key != "_warm"}
 
 
 PLUGIN_PREFIX = "hydra_plugins.qlora_lab."  # the `_target_` prefix in conf/hydra/launcher/*.yaml

@@ -4,7 +4,7 @@ each local job's run is forked from the process that holds them.
 Importing torch, transformers, peft, bitsandbytes and the Trainer takes about 10 s on a
 2-core machine, more than a small run's own work; submitit's local executor starts every job
 as a fresh interpreter that pays it again. So `hydra/launcher=local` starts one server per
-launch (`server()`), and each job's process (submitit's own, which keeps its signals, requeue
+launch (`server()`) and submits its jobs once the server has imported; each job's process (submitit's own, which keeps its signals, requeue
 and result files) hands its run to it (`call()`): the server forks a child that takes the
 job's working folder, environment, stdout and stderr, runs the run and sends back its result.
 
@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 SOCKET_ENV = "QLORA_LAB_WARM_SOCKET"  # set by the launching process for its jobs
 SWITCH_ENV = "QLORA_LAB_WARM_START"  # "0": every job imports its own libraries
 START_ENV = "QLORA_LAB_PROCESS_START"  # the job process's start (Unix time), for start-up timing
-HANDSHAKE_TIMEOUT_S = 600.0  # a job waits this long for the server's imports, then starts cold
+READY_TIMEOUT_S = 600.0  # the launch waits this long for the server's imports, then its jobs start cold
+HANDSHAKE_TIMEOUT_S = 60.0  # a job waits this long for a child to take its run, then runs it itself
 
 # What a run imports before its first step and after (evaluation), heaviest first.
 PRELOAD = ("torch", "bitsandbytes", "transformers", "transformers.trainer", "peft", "accelerate", "datasets",
@@ -52,36 +53,54 @@ class NotStarted(Exception):
     """No child took the run: running it in the job's own process is safe."""
 
 
+class WarmServer:
+    """The launch's server process: started first, so its imports overlap the launch's own work."""
+
+    def __init__(self) -> None:
+        self.folder = tempfile.mkdtemp(prefix="qlora-warm-")  # 0700: only this user may hand it code
+        self.path = os.path.join(self.folder, "socket")
+        self.log_path = os.path.join(self.folder, "server.log")
+        with open(self.log_path, "w") as errors:
+            self.process = subprocess.Popen([sys.executable, "-m", "qlora_lab.warm_start", self.path, str(os.getpid())],
+                                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
+        self.previous = os.environ.get(SOCKET_ENV)
+
+    def ready(self, timeout_s: float = READY_TIMEOUT_S) -> bool:
+        """Wait for its imports; then the jobs submitted from here on hand their runs to it.
+        If it cannot serve (a GPU, an import error), say why once: the jobs start cold."""
+        end = time.monotonic() + timeout_s
+        while not os.path.exists(self.path) and self.process.poll() is None and time.monotonic() < end:
+            time.sleep(0.05)
+        if os.path.exists(self.path):
+            os.environ[SOCKET_ENV] = self.path  # submitit's local executor passes it to its jobs
+            return True
+        lines = open(self.log_path, errors="replace").read().strip().splitlines()
+        why = lines[-1] if lines else f"no answer in {timeout_s:.0f} s"
+        log.warning("warm start not used (%s): each job imports its own libraries", why)
+        return False
+
+    def stop(self) -> None:
+        if self.previous is None:
+            os.environ.pop(SOCKET_ENV, None)
+        else:
+            os.environ[SOCKET_ENV] = self.previous
+        self.process.terminate()
+        self.process.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 @contextlib.contextmanager
-def server() -> Iterator[str | None]:
-    """One warm server for the jobs a launch submits; yields its socket (None when off)."""
+def server() -> Iterator[WarmServer | None]:
+    """One warm server for the jobs a launch submits (None when switched off); call `ready()`
+    before submitting."""
     if os.environ.get(SWITCH_ENV, "1") == "0":
         yield None
         return
-    folder = tempfile.mkdtemp(prefix="qlora-warm-")  # 0700: only this user may hand it code
-    path = os.path.join(folder, "socket")
-    process = subprocess.Popen([sys.executable, "-m", "qlora_lab.warm_start", path, str(os.getpid())],
-                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    _wait_bound(process, path)
-    previous = os.environ.get(SOCKET_ENV)
-    os.environ[SOCKET_ENV] = path  # submitit's local executor passes the environment to its jobs
+    warm = WarmServer()
     try:
-        yield path
+        yield warm
     finally:
-        if previous is None:
-            os.environ.pop(SOCKET_ENV, None)
-        else:
-            os.environ[SOCKET_ENV] = previous
-        process.terminate()
-        process.wait()
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _wait_bound(process: subprocess.Popen, path: str, timeout_s: float = 60.0) -> None:
-    """Until the server listens (it binds before its imports), so no job finds no socket."""
-    end = time.monotonic() + timeout_s
-    while not os.path.exists(path) and process.poll() is None and time.monotonic() < end:
-        time.sleep(0.02)
+        warm.stop()
 
 
 def call(function: Callable[..., Any], *args: Any) -> Any:
@@ -193,19 +212,19 @@ def _apply_logging(spec: dict) -> None:
 
 
 def serve(path: str, parent_pid: int) -> None:
-    """Bind first (jobs that start meanwhile wait in the backlog), import, then fork a child per job
-    until the launching process is gone."""
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(128)
+    """Import, then listen at `path` (its appearing says: ready) and fork a child per job until the
+    launching process is gone."""
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # asking must not start CUDA here
     import torch
 
     if torch.cuda.is_available():
-        print("qlora_lab warm start: not used, a GPU is visible and CUDA cannot be forked", file=sys.stderr)
-        return
+        sys.exit("a GPU is visible, and CUDA cannot be forked")
     for name in PRELOAD:
         importlib.import_module(name)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path + ".binding")
+    listener.listen(128)
+    os.rename(path + ".binding", path)  # listening before anyone can see it
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     listener.settimeout(1.0)
     while os.getppid() == parent_pid:

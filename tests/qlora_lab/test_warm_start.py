@@ -20,8 +20,9 @@ from qlora_lab import warm_start
 @pytest.fixture(scope="module")
 def server_socket():
     """One real server for the module (it imports torch, transformers, peft, bitsandbytes)."""
-    with warm_start.server() as path:
-        yield path
+    with warm_start.server() as warm:
+        assert warm.ready()
+        yield warm.path
 
 
 def job(code: str, cwd: Path, socket_path: str | None) -> subprocess.Popen:
@@ -111,8 +112,18 @@ def test_without_a_server_the_job_runs_its_own_run(tmp_path):
 def test_the_switch_turns_it_off(monkeypatch):
     monkeypatch.setenv(warm_start.SWITCH_ENV, "0")
     monkeypatch.delenv(warm_start.SOCKET_ENV, raising=False)
-    with warm_start.server() as path:
-        assert path is None and warm_start.SOCKET_ENV not in os.environ
+    with warm_start.server() as warm:
+        assert warm is None and warm_start.SOCKET_ENV not in os.environ
+
+
+def test_a_server_that_cannot_serve_says_why_and_jobs_start_cold(monkeypatch, caplog, tmp_path):
+    monkeypatch.delenv(warm_start.SOCKET_ENV, raising=False)
+    (tmp_path / "peft.py").write_text("raise ImportError('a broken peft')\n")  # found before the real one
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    with warm_start.server() as warm:
+        assert not warm.ready()
+    assert warm_start.SOCKET_ENV not in os.environ
+    assert "warm start not used (ImportError: a broken peft): each job imports its own libraries" in caplog.text
 
 
 def test_a_run_that_cannot_be_sent_runs_in_the_job(tmp_path):
