@@ -97,10 +97,10 @@ class ResourceAwareLocalLauncher(_PerJobResources, LocalLauncher):
     _warm = None
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from qlora_lab.warm_start import server
+        from qlora_lab.warm_start import shared_server
 
-        with server() as self._warm:  # its imports overlap the composing of each job's resources
-            return super().launch(job_overrides, initial_job_idx)
+        self._warm = shared_server()  # its imports overlap the composing of each job's resources
+        return super().launch(job_overrides, initial_job_idx)
 
     def _before_submit(self) -> None:
         if self._warm is not None:

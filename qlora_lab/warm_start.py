@@ -4,7 +4,7 @@ each local job's run is forked from the process that holds them.
 Importing torch, transformers, peft, bitsandbytes and the Trainer takes about 10 s on a
 2-core machine, more than a small run's own work; submitit's local executor starts every job
 as a fresh interpreter that pays it again. So `hydra/launcher=local` starts one server per
-launch (`server()`) and submits its jobs once the server has imported; each job's process (submitit's own, which keeps its signals, requeue
+launching process (`shared_server()`) and submits its jobs once the server has imported; each job's process (submitit's own, which keeps its signals, requeue
 and result files) hands its run to it (`call()`): the server forks a child that takes the
 job's working folder, environment, stdout and stderr, runs the run and sends back its result.
 
@@ -18,6 +18,7 @@ with a visible GPU (its jobs then start cold). `QLORA_LAB_WARM_START=0` turns it
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
 import logging
@@ -64,10 +65,16 @@ class WarmServer:
             self.process = subprocess.Popen([sys.executable, "-m", "qlora_lab.warm_start", self.path, str(os.getpid())],
                                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
         self.previous = os.environ.get(SOCKET_ENV)
+        self.serving: bool | None = None  # known once ready() has waited
 
     def ready(self, timeout_s: float = READY_TIMEOUT_S) -> bool:
         """Wait for its imports; then the jobs submitted from here on hand their runs to it.
         If it cannot serve (a GPU, an import error), say why once: the jobs start cold."""
+        if self.serving is None:
+            self.serving = self._wait(timeout_s)
+        return self.serving
+
+    def _wait(self, timeout_s: float) -> bool:
         end = time.monotonic() + timeout_s
         while not os.path.exists(self.path) and self.process.poll() is None and time.monotonic() < end:
             time.sleep(0.05)
@@ -87,6 +94,21 @@ class WarmServer:
         self.process.terminate()
         self.process.wait()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_SHARED: WarmServer | None = None
+
+
+def shared_server() -> WarmServer | None:
+    """This process's server, started on first use and kept for its later launches (a sweeper's
+    batches, `hydra.sweeper.max_batch_size`), stopped when the process exits; None when off."""
+    global _SHARED
+    if os.environ.get(SWITCH_ENV, "1") == "0":
+        return None
+    if _SHARED is None or _SHARED.process.poll() is not None:
+        _SHARED = WarmServer()
+        atexit.register(_SHARED.stop)
+    return _SHARED
 
 
 @contextlib.contextmanager

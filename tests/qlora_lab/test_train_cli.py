@@ -139,9 +139,10 @@ def test_a_failed_run_leaves_a_failed_record_and_the_sweep_goes_on(tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == "2 runs: 1 ok, 1 failed"
 
 
-def test_local_launcher_runs_the_grid_in_parallel_processes(tmp_path):
+def test_local_launcher_runs_each_job_through_submitit_warm_started(tmp_path):
     args = ("hydra/launcher=local", "train.max_steps=3", "eval.n_generate=0", "train.report_to=none")
-    proc = run_cli("-m", "dtype=nf4,fp32", *args, f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    proc = run_cli("-m", "dtype=nf4,fp32", *args, "hydra.sweeper.max_batch_size=1",  # two launches, one server
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     records = records_under(tmp_path / "sweep")
     assert len(records) == 2 and all(r["status"] == "ok" for r in records.values())

@@ -19,10 +19,12 @@ from qlora_lab import warm_start
 
 @pytest.fixture(scope="module")
 def server_socket():
-    """One real server for the module (it imports torch, transformers, peft, bitsandbytes)."""
-    with warm_start.server() as warm:
-        assert warm.ready()
-        yield warm.path
+    """One real server for the module (it imports torch, transformers, peft, bitsandbytes): the
+    process's shared one, as a launch's batches use it."""
+    warm = warm_start.shared_server()
+    assert warm.ready() and warm_start.shared_server() is warm and warm.ready()
+    yield warm.path
+    warm.stop()
 
 
 def job(code: str, cwd: Path, socket_path: str | None) -> subprocess.Popen:
