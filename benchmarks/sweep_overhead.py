@@ -11,7 +11,8 @@ runs' recorded times are stretched by sharing the cores; the basic launch's are 
 per run is its process's start to the end of its first step (`timing.process_to_first_step_s`;
 for a run forked from the warm server, its job's process start); in the one-process launch,
 later runs pay only their own (`timing.first_step_s`). The same local launches with one job
-show a run's start-up when it has the machine to itself.
+show a run's start-up when it has the machine to itself, and a warm launch in batches of two
+(`hydra.sweeper.max_batch_size=2`: one job per core) when the jobs do not share cores.
 
     python benchmarks/sweep_overhead.py
 """
@@ -34,11 +35,12 @@ os.environ.setdefault("WANDB_MODE", "offline")
 ONE_JOB = ("dtype=nf4", "lora.targets=all")  # the command line's value replaces the sweep file's axis
 
 
-def launch(launcher: str, sweep_dir: Path, warm: bool = True, only: tuple[str, ...] = ()) -> dict:
+def launch(launcher: str, sweep_dir: Path, warm: bool = True, only: tuple[str, ...] = (), batch: int | None = None) -> dict:
     env = {**os.environ, "QLORA_LAB_WARM_START": "1" if warm else "0"}
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "qlora_lab.train", "-m", "+sweep=smoke", f"hydra/launcher={launcher}",
-                    "train.report_to=none", f"hydra.sweep.dir={sweep_dir}", *only], check=True,
+                    "train.report_to=none", f"hydra.sweep.dir={sweep_dir}", *only,
+                    *([f"hydra.sweeper.max_batch_size={batch}"] if batch else [])], check=True,
                    capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     records = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/record.json"))]
@@ -52,6 +54,7 @@ def launch(launcher: str, sweep_dir: Path, warm: bool = True, only: tuple[str, .
         startups = [r["timing"]["process_to_first_step_s"] for r in records]
     name = launcher if launcher == "basic" else f"local ({'warm' if warm else 'cold'})"
     name += ", one job" if only else ""
+    name += f", {batch} at a time" if batch else ""
     return {"launch": name, "runs": len(records), "wall_s": round(wall, 1),
             "runs_sum_s": round(sum(r["timing"]["wall_s"] for r in records), 1),
             "startup_median_s": round(statistics.median(startups), 2), "startup_min_s": round(min(startups), 2),
@@ -62,7 +65,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         launch("basic", Path(tmp) / "warm-up")  # the tiny base and tokenizer built and cached first
         rows = [launch("basic", Path(tmp) / "basic"), launch("local", Path(tmp) / "cold", warm=False),
-                launch("local", Path(tmp) / "warm"),
+                launch("local", Path(tmp) / "warm"), launch("local", Path(tmp) / "warm-2", batch=2),
                 launch("local", Path(tmp) / "cold-1", warm=False, only=ONE_JOB),
                 launch("local", Path(tmp) / "warm-1", only=ONE_JOB)]
     alone = rows[0]["runs_sum_s"]
