@@ -4,6 +4,7 @@ libraries, with the job's folder, environment and output, and never outlives the
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -133,3 +134,37 @@ def test_a_run_that_cannot_be_sent_runs_in_the_job(tmp_path):
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert out.strip() == "True" and "warm start not used (the run cannot be sent" in err
+
+
+def test_a_preempted_warm_job_is_requeued_and_its_run_resumes(tmp_path):
+    """submitit's preemption signal (USR2) reaches the job's process while its run trains in the
+    server's child: the child is stopped, the job requeued, and the run resumes from its checkpoint."""
+    import json
+
+    sweep = tmp_path / "sweep"
+    launch = subprocess.Popen([sys.executable, "-m", "qlora_lab.train", "-m", "dtype=nf4", "hydra/launcher=local",
+                               "train.max_steps=12", "train.save_steps=4", "eval.n_generate=0", "train.report_to=none",
+                               f"hydra.sweep.dir={sweep}"], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    checkpoint = sweep / "0" / "checkpoints" / "checkpoint-4" / "trainer_state.json"
+    wait_for(lambda: checkpoint.exists() or launch.poll() is not None, timeout=600)
+    assert launch.poll() is None, "the run ended before it could be preempted"
+    jobs = [p for p in psutil.Process(launch.pid).children(recursive=True)
+            if "submitit.core._submit" in " ".join(p.cmdline())]
+    assert len(jobs) == 1
+    jobs[0].send_signal(signal.SIGUSR2)
+    output, _ = launch.communicate(timeout=600)
+    assert launch.returncode == 0, output[-3000:]
+
+    record = json.loads((sweep / "0" / "record.json").read_text())
+    assert record["status"] == "ok" and record["metrics"]["train_steps"] == 12 and record["env"]["warm_start"]
+    starts = [line for line in (sweep / "0" / ".launches").read_text().splitlines() if line.endswith("started")]
+    assert len(starts) == 2  # the first attempt, and the requeued one that resumed
+    log = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.out"))
+    assert "Requeued job" in log, log[-2000:]
+    # The requeued attempt's progress bar starts past the checkpoint's 4 steps: it resumed.
+    bars = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.err"))
+    steps = [int(n) for n in re.findall(r"(\d+)/12 \[", bars)]
+    steps = [n for i, n in enumerate(steps) if i == 0 or n != steps[i - 1]]
+    second_start = steps.index(0, 1)
+    assert steps[second_start + 1] == 5, steps
