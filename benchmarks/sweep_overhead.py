@@ -6,13 +6,13 @@ importing its own libraries (cold) and with the runs forked from the launch's wa
 For each launch: its wall time, the sum of the runs' own times as recorded in that launch (their
 records' `timing.wall_s`: data, model, training, evaluation), and the overhead against the sum of
 the same runs' own times measured one at a time in one process (the basic launch): wall / that
-sum - 1. The local launcher runs its jobs at once (4 jobs on this machine's 2 cores), so its
-runs' recorded times are stretched by sharing the cores; the basic launch's are not. Start-up
+sum - 1. The local launcher sends out as many jobs at once as the machine's cores hold (2 here,
+one core each), so its runs' recorded times are stretched by sharing memory bandwidth and
+caches and by running on one thread; the basic launch's are not. Start-up
 per run is its process's start to the end of its first step (`timing.process_to_first_step_s`;
 for a run forked from the warm server, its job's process start); in the one-process launch,
 later runs pay only their own (`timing.first_step_s`). The same local launches with one job
-show a run's start-up when it has the machine to itself, and a warm launch in batches of two
-(`hydra.sweeper.max_batch_size=2`: one job per core) when the jobs do not share cores.
+show a run's start-up when it has the machine to itself.
 
     python benchmarks/sweep_overhead.py
 """
@@ -35,12 +35,11 @@ os.environ.setdefault("WANDB_MODE", "offline")
 ONE_JOB = ("dtype=nf4", "lora.targets=all")  # the command line's value replaces the sweep file's axis
 
 
-def launch(launcher: str, sweep_dir: Path, warm: bool = True, only: tuple[str, ...] = (), batch: int | None = None) -> dict:
+def launch(launcher: str, sweep_dir: Path, warm: bool = True, only: tuple[str, ...] = ()) -> dict:
     env = {**os.environ, "QLORA_LAB_WARM_START": "1" if warm else "0"}
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "qlora_lab.train", "-m", "+sweep=smoke", f"hydra/launcher={launcher}",
-                    "train.report_to=none", f"hydra.sweep.dir={sweep_dir}", *only,
-                    *([f"hydra.sweeper.max_batch_size={batch}"] if batch else [])], check=True,
+                    "train.report_to=none", f"hydra.sweep.dir={sweep_dir}", *only], check=True,
                    capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     records = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/record.json"))]
@@ -54,7 +53,6 @@ def launch(launcher: str, sweep_dir: Path, warm: bool = True, only: tuple[str, .
         startups = [r["timing"]["process_to_first_step_s"] for r in records]
     name = launcher if launcher == "basic" else f"local ({'warm' if warm else 'cold'})"
     name += ", one job" if only else ""
-    name += f", {batch} at a time" if batch else ""
     return {"launch": name, "runs": len(records), "wall_s": round(wall, 1),
             "runs_sum_s": round(sum(r["timing"]["wall_s"] for r in records), 1),
             "startup_median_s": round(statistics.median(startups), 2), "startup_min_s": round(min(startups), 2),
@@ -65,7 +63,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         launch("basic", Path(tmp) / "warm-up")  # the tiny base and tokenizer built and cached first
         rows = [launch("basic", Path(tmp) / "basic"), launch("local", Path(tmp) / "cold", warm=False),
-                launch("local", Path(tmp) / "warm"), launch("local", Path(tmp) / "warm-2", batch=2),
+                launch("local", Path(tmp) / "warm"),
                 launch("local", Path(tmp) / "cold-1", warm=False, only=ONE_JOB),
                 launch("local", Path(tmp) / "warm-1", only=ONE_JOB)]
     alone = rows[0]["runs_sum_s"]

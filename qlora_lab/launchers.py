@@ -14,6 +14,7 @@ registry under PLUGIN_PREFIX (the classes keep this module's name, so jobs unpic
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -40,6 +41,20 @@ def resources_per_job(launcher, job_overrides: Sequence[Sequence[str]]) -> list[
     return wanted
 
 
+def core_waves(cpus_per_job: list[int], cores: int) -> list[list[int]]:
+    """Consecutive jobs packed into waves whose cores add up to at most `cores` (a job that
+    asks for more goes alone)."""
+    waves: list[list[int]] = []
+    used = cores
+    for idx, cpus in enumerate(cpus_per_job):
+        if used + cpus > cores:
+            waves.append([])
+            used = 0
+        waves[-1].append(idx)
+        used += cpus
+    return waves
+
+
 class _PerJobResources:
     """`launch` of BaseSubmititLauncher, with one executor per distinct job resources."""
 
@@ -50,10 +65,26 @@ class _PerJobResources:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {sweep_dir}")
 
-        groups: dict[tuple, list[int]] = {}
-        for idx, wanted in enumerate(per_job):
-            groups.setdefault(tuple(sorted(wanted.items())), []).append(idx)
         self._before_submit()
+        results: list[JobReturn] = []
+        broken: Exception | None = None
+        for wave in self._waves(per_job):  # a job that broke (no result) does not stop the next waves
+            returns, error = self._submit_and_wait(job_overrides, per_job, wave, initial_job_idx)
+            results += returns
+            broken = broken or error
+        if broken is not None:
+            raise broken
+        return results
+
+    def _waves(self, per_job: list[dict[str, Any]]) -> list[list[int]]:
+        """Which jobs go out together: a cluster's scheduler queues them all at once."""
+        return [list(range(len(per_job)))]
+
+    def _submit_and_wait(self, job_overrides: Sequence[Sequence[str]], per_job: list[dict[str, Any]],
+                         wave: list[int], initial_job_idx: int) -> tuple[list[JobReturn], Exception | None]:
+        groups: dict[tuple, list[int]] = {}
+        for idx in wave:
+            groups.setdefault(tuple(sorted(per_job[idx].items())), []).append(idx)
         jobs: dict[int, Any] = {}
         for key, members in groups.items():
             executor = self._executor(dict(key))
@@ -66,7 +97,13 @@ class _PerJobResources:
                                    Singleton.get_state()))
             for idx, job in zip(members, executor.map_array(self, *zip(*job_params))):
                 jobs[idx] = job
-        return [jobs[idx].results()[0] for idx in range(len(job_overrides))]
+        returns, error = [], None
+        for idx in wave:  # every job of the wave ends before the next wave starts
+            try:
+                returns.append(jobs[idx].results()[0])
+            except Exception as err:  # submitit's: the job died without a result
+                error = error or err
+        return returns, error
 
     def _before_submit(self) -> None:
         """Called once the jobs' resources are known, just before they are submitted."""
@@ -105,6 +142,11 @@ class ResourceAwareLocalLauncher(_PerJobResources, LocalLauncher):
     def _before_submit(self) -> None:
         if self._warm is not None:
             self._warm.ready()  # no job waits on the imports inside its own time limit
+
+    def _waves(self, per_job: list[dict[str, Any]]) -> list[list[int]]:
+        """submitit's local executor starts whatever it is given at once: give it as many jobs as
+        the machine's cores hold (each asks for `cpus_per_task`), and the next ones when they end."""
+        return core_waves([int(r.get("cpus_per_task") or 1) for r in per_job], len(os.sched_getaffinity(0)))
 
     def __getstate__(self) -> dict:
         """Each job gets this launcher pickled: without the launch's server process."""

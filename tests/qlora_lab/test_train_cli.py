@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import math
 import shutil
 
@@ -141,7 +142,8 @@ def test_a_failed_run_leaves_a_failed_record_and_the_sweep_goes_on(tmp_path):
 
 def test_local_launcher_runs_each_job_through_submitit_warm_started(tmp_path):
     args = ("hydra/launcher=local", "train.max_steps=3", "eval.n_generate=0", "train.report_to=none")
-    proc = run_cli("-m", "dtype=nf4,fp32", *args, "hydra.sweeper.max_batch_size=1",  # two launches, one server
+    cores = len(os.sched_getaffinity(0))  # each job asks for every core: they go out one wave each
+    proc = run_cli("-m", "dtype=nf4,fp32", *args, f"hydra.launcher.cpus_per_task={cores}",
                    f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     records = records_under(tmp_path / "sweep")
@@ -151,9 +153,11 @@ def test_local_launcher_runs_each_job_through_submitit_warm_started(tmp_path):
     assert len({r["env"]["git_sha"] for r in records.values()}) == 1
     assert list((tmp_path / "sweep" / ".submitit").iterdir())  # it really went through submitit
     assert all(r["env"]["warm_start"] for r in records.values())  # forked from the launch's warm server
+    assert records["1"]["started_at"] >= records["0"]["finished_at"]  # the second wave after the first
 
     # The same job imported in its own process gives the same numbers to the last bit.
-    proc = run_cli("-m", "dtype=nf4", *args, f"hydra.sweep.dir={tmp_path / 'cold'}", cwd=tmp_path,
+    proc = run_cli("-m", "dtype=nf4", *args, f"hydra.launcher.cpus_per_task={cores}",
+                   f"hydra.sweep.dir={tmp_path / 'cold'}", cwd=tmp_path,
                    env={"QLORA_LAB_WARM_START": "0"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     cold, warm = records_under(tmp_path / "cold")["0"], records["0"]
