@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import math
 import shutil
 
@@ -138,32 +137,6 @@ def test_a_failed_run_leaves_a_failed_record_and_the_sweep_goes_on(tmp_path):
     assert records["1"]["status"] == "ok" and records["1"]["metrics"]["train_steps"] == 3
     assert f"FAILED {tmp_path / 'sweep' / '0'}: DataError" in proc.stdout
     assert proc.stdout.strip().splitlines()[-1] == "2 runs: 1 ok, 1 failed"
-
-
-def test_local_launcher_runs_each_job_through_submitit_warm_started(tmp_path):
-    args = ("hydra/launcher=local", "train.max_steps=3", "eval.n_generate=0", "train.report_to=none")
-    cores = len(os.sched_getaffinity(0))  # each job asks for every core: they go out one wave each
-    proc = run_cli("-m", "dtype=nf4,fp32", *args, f"hydra.launcher.cpus_per_task={cores}",
-                   f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    records = records_under(tmp_path / "sweep")
-    assert len(records) == 2 and all(r["status"] == "ok" for r in records.values())
-    bits = sorted(r["model"]["bits_per_param"] for r in records.values())
-    assert bits == [pytest.approx(tiny_nf4_dq_bits(), abs=1e-6), 32.0]
-    assert len({r["env"]["git_sha"] for r in records.values()}) == 1
-    assert list((tmp_path / "sweep" / ".submitit").iterdir())  # it really went through submitit
-    assert all(r["env"]["warm_start"] for r in records.values())  # forked from the launch's warm server
-    assert records["1"]["started_at"] >= records["0"]["finished_at"]  # the second wave after the first
-
-    # The same job imported in its own process gives the same numbers to the last bit.
-    proc = run_cli("-m", "dtype=nf4", *args, f"hydra.launcher.cpus_per_task={cores}",
-                   f"hydra.sweep.dir={tmp_path / 'cold'}", cwd=tmp_path,
-                   env={"QLORA_LAB_WARM_START": "0"})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    cold, warm = records_under(tmp_path / "cold")["0"], records["0"]
-    assert not cold["env"]["warm_start"] and cold["run_id"] == warm["run_id"]
-    for key in ("train_loss_first", "train_loss_last", "eval_loss"):
-        assert cold["metrics"][key] == warm["metrics"][key], key
 
 
 def test_eval_only_run_measures_the_quantized_base(tmp_path):

@@ -121,12 +121,12 @@ def test_the_switch_turns_it_off(monkeypatch):
 
 def test_a_server_that_cannot_serve_says_why_and_jobs_start_cold(monkeypatch, caplog, tmp_path):
     monkeypatch.delenv(warm_start.SOCKET_ENV, raising=False)
-    (tmp_path / "peft.py").write_text("raise ImportError('a broken peft')\n")  # found before the real one
+    (tmp_path / "bitsandbytes.py").write_text("raise ImportError('a broken bitsandbytes')\n")  # before the real one
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     with warm_start.server() as warm:
         assert not warm.ready()
     assert warm_start.SOCKET_ENV not in os.environ
-    assert "warm start not used (ImportError: a broken peft): each job imports its own libraries" in caplog.text
+    assert "warm start not used (ImportError: a broken bitsandbytes): each job imports its own libraries" in caplog.text
 
 
 def test_a_run_that_cannot_be_sent_runs_in_the_job(tmp_path):
@@ -136,35 +136,50 @@ def test_a_run_that_cannot_be_sent_runs_in_the_job(tmp_path):
     assert out.strip() == "True" and "warm start not used (the run cannot be sent" in err
 
 
-def test_a_preempted_warm_job_is_requeued_and_its_run_resumes(tmp_path):
-    """submitit's preemption signal (USR2) reaches the job's process while its run trains in the
-    server's child: the child is stopped, the job requeued, and the run resumes from its checkpoint."""
-    import json
+def test_local_launch_forks_its_runs_in_waves_and_a_preempted_one_resumes(tmp_path):
+    """The real command on the local launcher: each job in a wave of its own (it asks for every
+    core), both runs forked from the warm server; submitit's preemption signal (USR2) reaches the
+    first job while its run trains in the server's child: the child is stopped, the job requeued,
+    and the run resumes from its checkpoint. Then the second job's numbers against a cold job's."""
+    from conftest import records_under, run_cli
 
+    cores = len(os.sched_getaffinity(0))
+    args = ("hydra/launcher=local", f"hydra.launcher.cpus_per_task={cores}", "train.max_steps=6",
+             "train.save_steps=2", "eval.n_generate=0", "train.report_to=none")
     sweep = tmp_path / "sweep"
-    launch = subprocess.Popen([sys.executable, "-m", "qlora_lab.train", "-m", "dtype=nf4", "hydra/launcher=local",
-                               "train.max_steps=12", "train.save_steps=4", "eval.n_generate=0", "train.report_to=none",
+    launch = subprocess.Popen([sys.executable, "-m", "qlora_lab.train", "-m", "dtype=nf4,fp32", *args,
                                f"hydra.sweep.dir={sweep}"], cwd=tmp_path, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
-    checkpoint = sweep / "0" / "checkpoints" / "checkpoint-4" / "trainer_state.json"
+    checkpoint = sweep / "0" / "checkpoints" / "checkpoint-2" / "trainer_state.json"
     wait_for(lambda: checkpoint.exists() or launch.poll() is not None, timeout=600)
     assert launch.poll() is None, "the run ended before it could be preempted"
     jobs = [p for p in psutil.Process(launch.pid).children(recursive=True)
             if "submitit.core._submit" in " ".join(p.cmdline())]
-    assert len(jobs) == 1
+    assert len(jobs) == 1  # the second wave waits for the first
     jobs[0].send_signal(signal.SIGUSR2)
     output, _ = launch.communicate(timeout=600)
     assert launch.returncode == 0, output[-3000:]
 
-    record = json.loads((sweep / "0" / "record.json").read_text())
-    assert record["status"] == "ok" and record["metrics"]["train_steps"] == 12 and record["env"]["warm_start"]
+    records = records_under(sweep)
+    assert [r["status"] for r in records.values()] == ["ok", "ok"]
+    assert all(r["env"]["warm_start"] and r["metrics"]["train_steps"] == 6 for r in records.values())
+    assert records["1"]["started_at"] >= records["0"]["finished_at"]  # the second wave after the first
+    assert list((sweep / "0").glob("*.log")) and list((sweep / ".submitit").iterdir())
     starts = [line for line in (sweep / "0" / ".launches").read_text().splitlines() if line.endswith("started")]
     assert len(starts) == 2  # the first attempt, and the requeued one that resumed
-    log = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.out"))
-    assert "Requeued job" in log, log[-2000:]
-    # The requeued attempt's progress bar starts past the checkpoint's 4 steps: it resumed.
-    bars = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.err"))
-    steps = [int(n) for n in re.findall(r"(\d+)/12 \[", bars)]
+    requeued = [p for p in sweep.glob(".submitit/*/*_log.out") if "Requeued job" in p.read_text()]
+    assert len(requeued) == 1
+    # The requeued attempt's progress bar starts past the checkpoint's 2 steps: it resumed.
+    bars = "".join(p.read_text() for p in requeued[0].parent.glob("*_log.err"))
+    steps = [int(n) for n in re.findall(r"(\d+)/6 \[", bars)]
     steps = [n for i, n in enumerate(steps) if i == 0 or n != steps[i - 1]]
-    second_start = steps.index(0, 1)
-    assert steps[second_start + 1] == 5, steps
+    assert steps[steps.index(0, 1) + 1] == 3, steps
+
+    # The same job imported in its own process gives the same numbers to the last bit.
+    proc = run_cli("-m", "dtype=fp32", *args, f"hydra.sweep.dir={tmp_path / 'cold'}", cwd=tmp_path,
+                   env={warm_start.SWITCH_ENV: "0"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cold, warm = records_under(tmp_path / "cold")["0"], records["1"]
+    assert not cold["env"]["warm_start"] and cold["run_id"] == warm["run_id"]
+    for key in ("train_loss_first", "train_loss_last", "eval_loss"):
+        assert cold["metrics"][key] == warm["metrics"][key], key
