@@ -129,7 +129,7 @@ def server() -> Iterator[WarmServer | None]:
 def call(function: Callable[..., Any], *args: Any) -> Any:
     """function(*args), in a child of the launch's warm server when there is one."""
     path = os.environ.get(SOCKET_ENV)
-    if not path:
+    if not path or os.environ.get(SWITCH_ENV, "1") == "0":  # switched off in this job's environment
         return function(*args)
     try:
         conn, pid = _hand_over(path, function, args)

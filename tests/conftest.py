@@ -39,13 +39,24 @@ def demo_sweep(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     """The issue's 4-run multirun of `tiny`: nf4/fp4 x LoRA on all/qv, 30 steps each.
 
     The tiny base is built first (once per machine, cached), so the runs time only themselves.
-    """
-    tiny_base_dir()
-    out = tmp_path_factory.mktemp("demo")
-    sweep_dir = out / "sweep"
-    proc = run_cli("-m", "dtype=nf4,fp4", "lora.targets=all,qv", "train.max_steps=30",
-                   f"hydra.sweep.dir={sweep_dir}", cwd=out)
-    return proc, sweep_dir
+    Run once per test session: under pytest-xdist the workers share it through their common
+    base folder (pytest-xdist's recipe, a lock and a marker), so its users only read it."""
+    from qlora_lab.cache import file_lock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # this session's, either way
+    out, sweep_dir = root / "demo-sweep", root / "demo-sweep" / "sweep"
+    done = out / "launch.json"
+    with file_lock(root / "demo-sweep.lock"):
+        if not done.exists():
+            tiny_base_dir()
+            out.mkdir(exist_ok=True)
+            proc = run_cli("-m", "dtype=nf4,fp4", "lora.targets=all,qv", "train.max_steps=30",
+                           f"hydra.sweep.dir={sweep_dir}", cwd=out)
+            done.write_text(json.dumps({"args": proc.args, "returncode": proc.returncode, "stdout": proc.stdout,
+                                        "stderr": proc.stderr}))
+    launched = json.loads(done.read_text())
+    return subprocess.CompletedProcess(**launched), sweep_dir
 
 
 def tiny_base_dir() -> Path:
