@@ -4,8 +4,9 @@ each local job's run is forked from the process that holds them.
 Importing torch, transformers, peft, bitsandbytes and the Trainer takes about 10 s on a
 2-core machine, more than a small run's own work; submitit's local executor starts every job
 as a fresh interpreter that pays it again. So `hydra/launcher=local` starts one server per
-launching process (`shared_server()`) and submits its jobs once the server has imported; each job's process (submitit's own, which keeps its signals, requeue
-and result files) hands its run to it (`call()`): the server forks a child that takes the
+launching process (`shared_server()`) and submits its jobs once the server has imported;
+each job's process (submitit's own, which keeps its signals, requeue and result files) hands
+its run to it (`call()`): the server forks a child that takes the
 job's working folder, environment, stdout and stderr, runs the run and sends back its result.
 
 Nothing runs twice and nothing outlives its job: a job falls back to running in its own
@@ -34,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +101,15 @@ class WarmServer:
 _SHARED: WarmServer | None = None
 
 
+def switched_off() -> bool:
+    return os.environ.get(SWITCH_ENV, "1") == "0"
+
+
 def shared_server() -> WarmServer | None:
     """This process's server, started on first use and kept for its later launches (a sweeper's
     batches, `hydra.sweeper.max_batch_size`), stopped when the process exits; None when off."""
     global _SHARED
-    if os.environ.get(SWITCH_ENV, "1") == "0":
+    if switched_off():
         return None
     if _SHARED is None or _SHARED.process.poll() is not None:
         _SHARED = WarmServer()
@@ -112,24 +117,10 @@ def shared_server() -> WarmServer | None:
     return _SHARED
 
 
-@contextlib.contextmanager
-def server() -> Iterator[WarmServer | None]:
-    """One warm server for the jobs a launch submits (None when switched off); call `ready()`
-    before submitting."""
-    if os.environ.get(SWITCH_ENV, "1") == "0":
-        yield None
-        return
-    warm = WarmServer()
-    try:
-        yield warm
-    finally:
-        warm.stop()
-
-
 def call(function: Callable[..., Any], *args: Any) -> Any:
     """function(*args), in a child of the launch's warm server when there is one."""
     path = os.environ.get(SOCKET_ENV)
-    if not path or os.environ.get(SWITCH_ENV, "1") == "0":  # switched off in this job's environment
+    if not path or switched_off():  # also in this job's own environment
         return function(*args)
     try:
         conn, pid = _hand_over(path, function, args)

@@ -115,16 +115,18 @@ def test_without_a_server_the_job_runs_its_own_run(tmp_path):
 def test_the_switch_turns_it_off(monkeypatch):
     monkeypatch.setenv(warm_start.SWITCH_ENV, "0")
     monkeypatch.delenv(warm_start.SOCKET_ENV, raising=False)
-    with warm_start.server() as warm:
-        assert warm is None and warm_start.SOCKET_ENV not in os.environ
+    assert warm_start.shared_server() is None and warm_start.SOCKET_ENV not in os.environ
 
 
 def test_a_server_that_cannot_serve_says_why_and_jobs_start_cold(monkeypatch, caplog, tmp_path):
     monkeypatch.delenv(warm_start.SOCKET_ENV, raising=False)
     (tmp_path / "bitsandbytes.py").write_text("raise ImportError('a broken bitsandbytes')\n")  # before the real one
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    with warm_start.server() as warm:
+    warm = warm_start.WarmServer()
+    try:
         assert not warm.ready()
+    finally:
+        warm.stop()
     assert warm_start.SOCKET_ENV not in os.environ
     assert "warm start not used (ImportError: a broken bitsandbytes): each job imports its own libraries" in caplog.text
 
