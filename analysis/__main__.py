@@ -15,11 +15,13 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Sweep folders -> the paper's tables, Elo and plots.")
     parser.add_argument("dirs", nargs="+", help="sweep or run folders holding record.json files")
     parser.add_argument("--out", type=Path, help="report folder (report.md, tables/, plots/); default: DIR/report")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse the folders when a record is corrupt (default: list it under Runs left out)")
     args = parser.parse_args(argv)
     if args.out is None:
         args.out = Path(args.dirs[0]) / "report"
     try:
-        report = build_report(args.dirs, args.out)
+        report = build_report(args.dirs, args.out, strict=args.strict)
     except (RecordSchemaError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

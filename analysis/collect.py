@@ -28,16 +28,27 @@ class RecordSchemaError(ValueError):
     """A record written by another version of the record schema."""
 
 
-def collect(*dirs: str | Path) -> pd.DataFrame:
+class CorruptRecordError(RecordSchemaError):
+    """A record.json that is not JSON (truncated by a full disk, edited by hand)."""
+
+
+def collect(*dirs: str | Path, strict: bool = False) -> pd.DataFrame:
     """Every `record.json` under the folders -> a DataFrame of the ok runs, one per run_id.
 
     `attrs["left_out"]` (as a DataFrame: `left_out(frame)`): run_dir, run_id, reason of failed runs, unfinished run
-    folders (a Hydra job folder without a record) and duplicates (a run_id already counted)."""
+    folders (a Hydra job folder without a record), corrupt records (unless `strict`: then they
+    are refused) and duplicates (a run_id already counted)."""
     rows, left_out, seen = [], [], {}
     record_paths, unfinished = _scan(dirs)
     for path in record_paths:
-        record = _read(path)
         run_dir = str(path.parent)
+        try:
+            record = _read(path)
+        except CorruptRecordError as err:
+            if strict:
+                raise
+            left_out.append({"run_dir": run_dir, "run_id": None, "reason": f"corrupt record: {err.reason}"})
+            continue
         if record.get("status") != "ok":
             left_out.append({"run_dir": run_dir, "run_id": record.get("run_id"),
                              "reason": f"failed: {record.get('error') or 'no error given'}"})
@@ -94,8 +105,15 @@ def _scan(dirs) -> tuple[list[Path], list[Path]]:
 def _read(path: Path) -> dict:
     try:
         record = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise RecordSchemaError(f"{path}: not a JSON record ({err.msg}, line {err.lineno})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        reason = f"not JSON ({err.msg}, line {err.lineno})" if isinstance(err, json.JSONDecodeError) else "not UTF-8"
+        error = CorruptRecordError(f"{path}: {reason}")
+        error.reason = reason
+        raise error from None
+    if not isinstance(record, dict):
+        error = CorruptRecordError(f"{path}: not a JSON object")
+        error.reason = "not a JSON object"
+        raise error
     schema = record.get("schema")
     if schema != SCHEMA:
         raise RecordSchemaError(f"{path}: record schema {schema!r}; this qlora_analysis reads schema {SCHEMA} "

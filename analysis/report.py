@@ -24,8 +24,8 @@ class Report:
     plots: list[Path] = field(default_factory=list)
 
 
-def build_report(dirs: list[str | Path], out: Path) -> Report:
-    runs = collect(*dirs)
+def build_report(dirs: list[str | Path], out: Path, strict: bool = False) -> Report:
+    runs = collect(*dirs, strict=strict)
     judgments = read_judgments(*dirs)
     tables = all_tables(runs, judgments)
     elo = next((t.numbers for t in tables if t.name == "elo"), None)
@@ -34,14 +34,54 @@ def build_report(dirs: list[str | Path], out: Path) -> Report:
     return report
 
 
+def judgment_counts(judgments: pd.DataFrame) -> str:
+    """Verdicts and failures apart: "48 judgments" hid that none of them had a verdict."""
+    if judgments.empty:
+        return "no judgments"
+    failed = int(judgments["winner"].isna().sum())
+    return f"{len(judgments) - failed} judge verdicts, {failed} pairs that could not be judged"
+
+
+def missing_elo_reason(judgments: pd.DataFrame) -> str:
+    """Why judgments exist but no Elo table does: the most common reason of the failed ones."""
+    failed = judgments[judgments["winner"].isna()]
+    reasons = failed["reason"].dropna() if "reason" in failed else pd.Series(dtype=str)
+    common = reasons.value_counts().index[0] if not reasons.empty else "no reason given"
+    return f"none of the {len(judgments)} judgments has a verdict (most common reason: {common})"
+
+
+def _shown_dirs(dirs: list) -> list[str]:
+    """Sweep folders as given, relative to the working folder where they lie under it: a report
+    holds no absolute path of the machine it was made on."""
+    shown = []
+    for folder in map(Path, dirs):
+        try:
+            shown.append(str(folder.resolve().relative_to(Path.cwd().resolve())))
+        except ValueError:
+            shown.append(folder.name if folder.is_absolute() else str(folder))
+    return shown
+
+
+def shown_run_dir(run_dir: str, dirs: list) -> str:
+    """A run folder as a path under the sweep folder it was found in, as that folder is shown."""
+    for folder, shown in zip(map(Path, dirs), _shown_dirs(dirs)):
+        try:
+            return str(Path(shown) / Path(run_dir).resolve().relative_to(folder.resolve()))
+        except ValueError:
+            continue
+    return Path(run_dir).name
+
+
 def write_report(report: Report, dirs: list, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for t in report.tables:
         t.write(out / "tables")
-    lines = ["# Sweep report", "", f"From {', '.join(map(str, dirs))}: {len(report.runs)} runs counted, "
-             f"{len(report.left_out)} left out, {len(report.judgments)} judgments.", ""]
+    lines = ["# Sweep report", "", f"From {', '.join(_shown_dirs(dirs))}: {len(report.runs)} runs counted, "
+             f"{len(report.left_out)} left out; {judgment_counts(report.judgments)}.", ""]
     if not report.tables:
         lines += ["No table of the paper is supported by these runs.", ""]
+    if not report.judgments.empty and not any(t.name == "elo" for t in report.tables):
+        lines += [f"No Elo table: {missing_elo_reason(report.judgments)}.", ""]
     for t in report.tables:
         lines += [t.markdown(), f"Files: tables/{t.name}.md, tables/{t.name}.csv, tables/{t.name}.tex", ""]
     if report.plots:
@@ -50,7 +90,7 @@ def write_report(report: Report, dirs: list, out: Path) -> Path:
     if report.left_out.empty:
         lines.append("None: every record found is counted.")
     else:
-        lines += [f"- `{row.run_dir}`: {row.reason}" for row in report.left_out.itertuples()]
+        lines += [f"- `{shown_run_dir(row.run_dir, dirs)}`: {row.reason}" for row in report.left_out.itertuples()]
     if not report.runs.empty:
         report.runs.to_csv(out / "runs.csv", index=False)
         lines += ["", "Every counted run, one row each: runs.csv"]

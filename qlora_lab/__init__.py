@@ -1,10 +1,25 @@
 """qlora-lab: QLoRA fine-tuning studies as Hydra sweeps that leave one record per run."""
 
+import logging
 import math
 
 from omegaconf import OmegaConf
 
 __version__ = "0.1.0"
+
+
+class _NoHubKernelsPackage(logging.Filter):
+    """bitsandbytes (on AVX512-BF16 CPUs) probes `import kernels` for the Hugging Face kernels
+    hub package and warns when it is missing; from the repository root our own `kernels/`
+    folder answers the probe and the warning names it. The hub package is optional: say
+    nothing when it is absent; a real failure of an installed one is still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        absent = record.args and isinstance(record.args[0], (ImportError, AttributeError))
+        return not (str(record.msg).startswith("Failed to load CPU gemm_4bit_forward") and absent)
+
+
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_NoHubKernelsPackage())
 
 
 def hours_to_minutes(hours: float) -> int:

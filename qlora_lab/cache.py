@@ -40,11 +40,20 @@ def build_lock(name: str):
     return file_lock(cache_dir() / f"{name}.lock")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder + rename: readers see all or nothing."""
+    """Write via a temp file in the same folder + rename: readers see all or nothing. The file
+    gets the user's umask, as an ordinary write would (mkstemp's own 0600 would hide records
+    from the rest of a group sharing a sweep folder)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.replace(tmp, path)

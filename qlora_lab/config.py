@@ -64,7 +64,9 @@ class ModelConfig:
     name: str = "tiny"  # the config's own name, as chosen by `model=NAME`
     kind: str = "causal"  # causal (decoder LM) | seq2seq (T5) | classifier (RoBERTa, sequence classification)
     source: str = "build"  # build: made locally from `arch` + `pretrain`; pretrained: `path`
-    path: Optional[str] = None  # hub id or local folder (source=pretrained)
+    # hub id or local folder (source=pretrained); given on a built model (`model.path=DIR`), the
+    # run loads it instead, its name, kind, family and arch read from its config.json
+    path: Optional[str] = None
     family: str = "llama"  # architecture family: which module names LoRA targets mean
     arch: Optional[Arch] = None  # shape: what source=build builds; for pretrained, what plan estimates with
     pretrain: Optional[Pretrain] = None  # source=build only
@@ -101,7 +103,9 @@ class DatasetConfig:
     hub_files: Optional[str] = None  # data_files within the hub dataset (OIG's unified_chip2.jsonl)
     task: Optional[str] = None  # GLUE: which task (mnli, sst2, ...); its hub config and field layout
     path: Optional[str] = None  # local JSON / JSONL / CSV / Parquet file in the format's field layout
-    n_eval: int = 64  # held-out examples, split off by `split_seed` where the data has no split
+    # held-out examples, split off by `split_seed` where the data has no split of its own;
+    # null: a tenth of the rows, at most 1024 (the paper's) and at least one (qlora_lab.data.load.auto_n_eval)
+    n_eval: Optional[int] = None
     split_seed: int = 42  # the paper's seed for its 1024-example eval split
     max_train_samples: Optional[int] = None  # cap after the split (None: all)
     max_eval_samples: Optional[int] = None  # cap after the split (None: all)
@@ -123,8 +127,7 @@ class DatasetConfig:
                 raise ConfigError("dataset.path", self.path, "no such file")
             if Path(self.path).suffix not in (".json", ".jsonl", ".csv", ".parquet"):
                 raise ConfigError("dataset.path", self.path, "expected a .json, .jsonl, .csv or .parquet file")
-        positive("dataset.n_eval", self.n_eval)
-        for key in ("max_train_samples", "max_eval_samples"):
+        for key in ("n_eval", "max_train_samples", "max_eval_samples"):
             if getattr(self, key) is not None:
                 positive(f"dataset.{key}", getattr(self, key))
 
@@ -395,6 +398,10 @@ def run_config(cfg: Any) -> RunConfig:
         if name not in tree:
             raise ConfigError(name, NO_VALUE, f"no {name} group chosen")
         groups[name] = build_dataclass(cls, tree[name], name)
+    from qlora_lab.model.checkpoint_config import is_own_model, resolve_own_model
+
+    if is_own_model(groups["model"]):  # `model.path=DIR_OR_HUB_ID`: what it holds, from its config.json
+        groups["model"] = resolve_own_model(groups["model"])
     config = RunConfig(**groups)
     config.validate()
     return config

@@ -13,13 +13,23 @@ from qlora_lab.config import TrainConfig
 from qlora_lab.data.tokens import PadCollator
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) while training, with the optimizer step reached: the record says where."""
+
+    def __init__(self, step: int):
+        super().__init__(f"interrupted (SIGINT) at step {step}")
+        self.step = step
+
+
 @dataclass
 class FitResult:
     step_losses: list[float]  # one per optimizer step, from the whole log history (resume-safe)
-    train_s: float  # wall time inside Trainer.train
-    tokens: int  # non-padding input tokens seen
+    train_s: float  # wall time inside Trainer.train (this process's share of a resumed run)
+    tokens: int  # non-padding input tokens seen by this process (a resumed run's earlier ones not counted)
     first_step_s: float | None  # fit() call to the end of the first step
     process_to_first_step_s: float | None  # this process's start to the end of the first step
+    resumed_from_step: int | None = None  # the checkpoint's step a resumed run started from
+    optimizer: dict | None = None  # what really ran: class and whether its state was paged
     peak_tensor_mb: float | None = None  # peak of torch's tensor allocations while training
     measure_s: float = 0.0  # of the wall time, spent opening and reading the CPU peak's profiler (not in train_s)
 
@@ -85,8 +95,12 @@ def fit(model, tokenizer, examples: list[dict], cfg: TrainConfig, compute_dtype:
     peak = _tensor_peak_callback()
     trainer = Trainer(model=model, args=args, train_dataset=examples,
                       data_collator=PadCollator(tokenizer.pad_token_id), callbacks=[FirstStep(), peak])
+    resume = resume_point(out_dir, cfg.max_steps)
+    tokens_before = _tokens_seen(resume)
     try:
-        trainer.train(resume_from_checkpoint=resume_point(out_dir, cfg.max_steps))
+        trainer.train(resume_from_checkpoint=resume)
+    except KeyboardInterrupt:
+        raise Interrupted(trainer.state.global_step) from None
     finally:
         peak.close()
     train_s = time.perf_counter() - start - peak.measure_s
@@ -94,10 +108,35 @@ def fit(model, tokenizer, examples: list[dict], cfg: TrainConfig, compute_dtype:
     # must see the same model an eval-only run or a reloaded adapter sees.
     trainer.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry and "step" in entry]
-    return FitResult(step_losses=losses, train_s=train_s, tokens=int(trainer.state.num_input_tokens_seen),
+    return FitResult(step_losses=losses, train_s=train_s,
+                     tokens=int(trainer.state.num_input_tokens_seen) - tokens_before,
                      first_step_s=first_step[0] if first_step else None,
                      process_to_first_step_s=first_step[1] if first_step else None,
+                     resumed_from_step=_checkpoint_step(resume), optimizer=optimizer_used(trainer, cfg.optimizer),
                      peak_tensor_mb=peak.peak_mb(), measure_s=peak.measure_s)
+
+
+def optimizer_used(trainer, asked: str) -> dict:
+    """bitsandbytes' paged optimizers page nothing on the CPU (they fall back to plain state),
+    so the record says what ran, not only what was asked."""
+    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate's wrapper
+    paged = bool(getattr(optimizer, "is_paged", False)) and torch.cuda.is_available()
+    return {"asked": asked, "ran": f"{type(optimizer).__module__.split('.')[0]}.{type(optimizer).__name__}",
+            "paged": paged}
+
+
+def _checkpoint_step(checkpoint: str | None) -> int | None:
+    return None if checkpoint is None else int(Path(checkpoint).name.split("-")[1])
+
+
+def _tokens_seen(checkpoint: str | None) -> int:
+    """Tokens a resumed run had trained on before this process (the checkpoint's trainer state)."""
+    import json
+
+    if checkpoint is None:
+        return 0
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    return int(state.get("num_input_tokens_seen") or 0)
 
 
 def _tensor_peak_callback():

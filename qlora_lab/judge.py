@@ -28,6 +28,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     p.add_argument("--mode", choices=["threeclass", "score"], default="threeclass",
                    help="the paper's three-class verdict (1, 2, tie) or relative 1-10 scores")
+    p.add_argument("--prompt", choices=["vicuna", "mtbench"], default="vicuna",
+                   help="the judge prompt: the Vicuna / QLoRA layout, or MT-Bench's pairwise one ([[A]]/[[B]]/[[C]])")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight at most")
     p.add_argument("--retries", type=int, default=2, help="retries of a failed or unparseable request")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
@@ -69,9 +71,13 @@ def run(args: argparse.Namespace) -> int:
     new = judge_all(tasks, judge_fn, args.concurrency, path)
     final = _dedupe(existing + new)
     _write_all(path, final)
-    failed = sum(j["winner"] is None for j in new)
-    print(f"{len(new)} judged ({failed} could not be: winner null, reason given), {len(done)} already judged; "
-          f"{path}")
+    failed = [j for j in new if j["winner"] is None]
+    print(f"{len(new) - len(failed)} verdicts, {len(failed)} could not be judged (winner null, reason given), "
+          f"{len(done)} already judged; {path}")
+    if new and len(failed) == len(new):  # nothing judged: say why, and fail the command
+        print(f"error: none of the {len(new)} pairs could be judged; first reason: {failed[0]['reason']}",
+              file=sys.stderr)
+        return 1
     if args.relative_to:
         for score in relative_scores(final, args.relative_to):
             print(f"{score.model}: {score.percent:.1f}% of {score.reference} "
@@ -88,10 +94,12 @@ def make_judge(args: argparse.Namespace):
 
     if not args.base_url or not args.model:
         raise ValueError("--judge openai needs --base-url and --model")
+    if args.prompt == "mtbench" and args.mode != "threeclass":
+        raise ValueError("--prompt mtbench: its verdict is [[A]]/[[B]]/[[C]]; use --mode threeclass")
     key = os.environ.get(args.api_key_env)
     if not key:
         raise ValueError(f"--judge openai needs an API key in the environment variable {args.api_key_env}")
-    return (openai_judge(args.base_url, args.model, key, args.mode, args.retries, args.timeout),
+    return (openai_judge(args.base_url, args.model, key, args.mode, args.retries, args.timeout, prompt=args.prompt),
             f"openai:{args.model}")
 
 

@@ -52,7 +52,9 @@ def linear_shapes(arch, family: str) -> dict[str, tuple[int, int]]:
         return {"q_proj": (h, h), "k_proj": (h, h), "v_proj": (h, h), "out_proj": (h, h), "fc1": (h, f), "fc2": (f, h)}
     if family in ("gpt_neox", "bloom"):
         return {"query_key_value": (h, 3 * h), "dense": (h, h), "dense_h_to_4h": (h, f), "dense_4h_to_h": (f, h)}
-    raise ValueError(f"memory estimate: model.family={family}: only decoder-only (llama, opt, gpt_neox, bloom) "
+    if family == "gpt2":
+        return {"c_attn": (h, 3 * h), "attn.c_proj": (h, h), "c_fc": (h, f), "mlp.c_proj": (f, h)}
+    raise ValueError(f"memory estimate: model.family={family}: only decoder-only (llama, opt, gpt_neox, bloom, gpt2) "
                      f"shapes are known")
 
 

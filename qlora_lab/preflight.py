@@ -30,6 +30,10 @@ def check_command_line(argv: list[str], conf_dir: Path) -> str | None:
         parsed = OverridesParser.create().parse_overrides(args.overrides)
     except HydraException as err:
         return f"cannot parse the overrides: {str(err).splitlines()[0]}"
+    for override in parsed:
+        if override.get_key_element() == "model.name":
+            return (f"model.name={override.value()}: the model config's own label (model=NAME chooses a config); "
+                    f"to fine-tune your own folder or hub id: model.path=FOLDER_OR_HUB_ID")
     from hydra import compose, initialize_config_dir
 
     from qlora_lab.plan import CachedComposer
@@ -50,6 +54,38 @@ def check_command_line(argv: list[str], conf_dir: Path) -> str | None:
             problem = _check_one(overrides, conf_dir, composer)
             if problem:
                 return _with_sweep_file(problem, overrides, args.overrides, file_axes, conf_dir, composer)
+        return _output_folder_problem(base, compose, args.multirun)
+
+
+def _output_folder_problem(overrides: list[str], compose, multirun: bool) -> str | None:
+    """A folder the launch cannot write (read-only, someone else's) is named before anything runs,
+    not met as Hydra's traceback on train.log or multirun.yaml."""
+    from hydra.errors import HydraException
+
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    try:
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+        folder = Path(str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir))
+    except (HydraException, ValueError, KeyError):
+        return None  # composition problems were named above; nothing more to say here
+    problem = unwritable(folder)
+    return f"{key}={folder}: {problem}; choose another folder with {key}=DIR" if problem else None
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why `folder` (or the nearest existing folder above it) cannot be written, or None. Tried
+    for real (a temporary folder made and removed): permissions alone miss read-only mounts."""
+    import tempfile
+
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    try:
+        Path(tempfile.mkdtemp(dir=existing, prefix=".qlora-write-check-")).rmdir()
+    except OSError as err:
+        return f"cannot write in {existing} ({err.strerror})"
     return None
 
 
@@ -126,11 +162,14 @@ def _check_one(overrides: list[str], conf_dir: Path, composer) -> str | None:
 
 
 def _missing_option(err, overrides: list[str], conf_dir: Path) -> str:
-    missing = (err.missing_cfg_file or "").rsplit("/", 1)
-    if len(missing) == 2:
-        group, value = missing
-        options = err.options or sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
-        return f"{group}={value}: expected one of {', '.join(options)}"
+    """`group=value` as given (a value may hold slashes: `model=/data/my-model`)."""
+    missing = err.missing_cfg_file or ""
+    given = [o.lstrip("+~").split("=", 1) for o in overrides if "=" in o]
+    for key, value in given:
+        if missing == f"{key}/{value}" and (conf_dir / key).is_dir():
+            options = err.options or sorted(p.stem for p in (conf_dir / key).glob("*.yaml"))
+            hint = "; to fine-tune your own folder or hub id: model.path=" + value if key == "model" else ""
+            return f"{key}={value}: expected one of {', '.join(options)}{hint}"
     return str(err).splitlines()[0]
 
 

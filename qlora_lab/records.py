@@ -89,16 +89,22 @@ def environment(device: str) -> dict:
             versions[package.replace("-", "_")] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package.replace("-", "_")] = None
-    return {**versions, "python": platform.python_version(), "device": device, "git_sha": _git_sha(),
-            "warm_start": bool(os.environ.get(START_ENV))}
+    return {**versions, "python": platform.python_version(), "device": device, "git_sha": _git(["rev-parse", "HEAD"]),
+            "git_dirty": _git_dirty(), "warm_start": bool(os.environ.get(START_ENV))}
 
 
-def _git_sha() -> str | None:
+def _git(args: list[str]) -> str | None:
+    """The code's git answer, None outside a checkout (an installed wheel) or without git."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if out.returncode != 0:
         return None
-    return out.stdout.strip() or None
+    return out.stdout.strip()
+
+
+def _git_dirty() -> bool | None:
+    """Uncommitted changes to tracked files: the sha alone would not say what ran."""
+    status = _git(["status", "--porcelain", "--untracked-files=no"])
+    return None if status is None else bool(status)

@@ -87,7 +87,11 @@ def _reusable(run_dir: Path, wanted: str) -> Record | None:
     return record if record.status == "ok" and record.run_id == wanted else None
 
 
+_RUNS_IN_PROCESS = {"n": 0}  # runs this process has started (an in-process sweep runs many)
+
+
 def _run(config: RunConfig, run_dir: Path, overrides: list[str]) -> Record:
+    _RUNS_IN_PROCESS["n"] += 1
     (run_dir / "traceback.txt").unlink(missing_ok=True)  # a rerun's folder holds only its own failure
     record = Record(run_id=run_id(config.to_dict()), overrides=overrides, config=config.to_dict(),
                     started_at=utc_now())
@@ -101,6 +105,10 @@ def _run(config: RunConfig, run_dir: Path, overrides: list[str]) -> Record:
         record.error = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
         (run_dir / "traceback.txt").write_text(traceback.format_exc())
         log.error("run %s failed: %s", run_dir, record.error)
+    except KeyboardInterrupt as err:  # Ctrl-C: the record says where; the launch stops (exit 130)
+        record.error = str(err) if str(err).startswith("interrupted") else "interrupted (SIGINT) at step 0"
+        log.error("run %s: %s", run_dir, record.error)
+        raise
     finally:
         _finish_wandb()
         record.timing["wall_s"] = round(time.perf_counter() - start, 3)
@@ -187,13 +195,16 @@ def _train(config: RunConfig, built, examples: list[dict], run_dir: Path, record
     record.metrics["train_steps"] = len(result.step_losses)
     record.memory["peak_tensor_mb"] = result.peak_tensor_mb
     record.memory["estimate"] = _memory_estimate(config)
+    record.env["optimizer"] = result.optimizer
+    first_step_s = None if result.first_step_s is None else fit_start - start + result.first_step_s
+    # the process's start-up counts for its first run only; a later run of an in-process sweep
+    # counts from its own start (else the fifth run reports four runs' worth of "start-up")
+    to_first_step = result.process_to_first_step_s if _RUNS_IN_PROCESS["n"] <= 1 else first_step_s
     record.timing.update(train_s=round(result.train_s, 3), peak_measure_s=round(result.measure_s, 3),
-                         tokens=result.tokens,
-                         tokens_per_s=round(result.tokens / result.train_s, 1),
-                         first_step_s=None if result.first_step_s is None
-                         else round(fit_start - start + result.first_step_s, 3),
-                         process_to_first_step_s=None if result.process_to_first_step_s is None
-                         else round(result.process_to_first_step_s, 3))
+                         tokens=result.tokens, resumed_from_step=result.resumed_from_step,
+                         tokens_per_s=round(result.tokens / result.train_s, 1),  # this process's tokens and time
+                         first_step_s=None if first_step_s is None else round(first_step_s, 3),
+                         process_to_first_step_s=None if to_first_step is None else round(to_first_step, 3))
     bad = [i + 1 for i, loss in enumerate(result.step_losses) if not math.isfinite(loss)]
     if bad:
         raise FloatingPointError(f"training loss is not finite from step {bad[0]}")
@@ -291,7 +302,8 @@ def _start_wandb(run_dir: Path, run_name: str, record: Record) -> None:
 
     wandb.init(dir=str(run_dir), project=os.environ.get("WANDB_PROJECT", "qlora-lab"), name=run_name,
                config={**record.config, "run_id": record.run_id}, mode=os.environ.get("WANDB_MODE", "offline"),
-               reinit="finish_previous")
+               reinit="finish_previous",
+               settings=wandb.Settings(quiet=True))  # its history block stays in the run's files, not the console
 
 
 def _finish_wandb() -> None:

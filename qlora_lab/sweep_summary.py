@@ -16,30 +16,47 @@ from hydra.experimental.callback import Callback
 from qlora_lab.records import RECORD_NAME, Record, read_record
 from qlora_lab.run import LAUNCH_ENV, LAUNCH_STAMPS
 
-_launch = {"id": None, "failed": []}
+_launch = {"id": None, "failed": [], "folder": None, "multirun": False}
 
 
-def _start_launch() -> None:
+def _start_launch(folder: Path, multirun: bool) -> None:
     """A fresh launch id, inherited by every job (in-process or spawned by submitit)."""
-    _launch.update(id=f"{time.time():.6f}-{os.getpid()}", failed=[])
+    _launch.update(id=f"{time.time():.6f}-{os.getpid()}", failed=[], folder=folder, multirun=multirun)
     os.environ[LAUNCH_ENV] = _launch["id"]
 
 
 class SweepSummary(Callback):
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
-        _start_launch()
+        _start_launch(Path(config.hydra.run.dir), multirun=False)
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        _start_launch()
+        _start_launch(Path(config.hydra.sweep.dir), multirun=True)
 
     def on_run_end(self, config: Any, **kwargs: Any) -> None:
         _report([Path(config.hydra.runtime.output_dir)])
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        stamps = sweep_dir.glob(f"*/{LAUNCH_STAMPS}")
-        run_dirs = sorted((p.parent for p in stamps if _launch["id"] in p.read_text().split()), key=_job_order)
-        _report(run_dirs)
+        _report(_launched_run_dirs())
+
+
+def _launched_run_dirs() -> list[Path]:
+    """The run folders this launch started or reused (their `.launches` stamps say so)."""
+    folder = _launch["folder"]
+    if folder is None:
+        return []
+    if not _launch["multirun"]:
+        return [folder] if folder.is_dir() else []
+    stamps = folder.glob(f"*/{LAUNCH_STAMPS}")
+    return sorted((p.parent for p in stamps if _launch["id"] in p.read_text().split()), key=_job_order)
+
+
+def report_interrupted(wait_s: float = 15.0) -> None:
+    """After Ctrl-C: the summary of what ran, once the runs still writing their records (a local
+    launcher's jobs get the same SIGINT) have done so or `wait_s` has passed."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and any(not (d / RECORD_NAME).exists() for d in _launched_run_dirs()):
+        time.sleep(0.2)
+    _report(_launched_run_dirs())
 
 
 def _reused_here(run_dir: Path) -> bool:
@@ -62,6 +79,8 @@ def _report(run_dirs: list[Path]) -> None:
     reused = {str(d) for d, _ in records if _reused_here(d)}
     for line in summary_lines(records, reused=reused):
         print(line, flush=True)
+    if _launch["folder"] is not None:
+        print(f"{'sweep' if _launch['multirun'] else 'run'} folder: {_launch['folder']}", flush=True)
 
 
 def _num(value: Any, digits: int) -> str:

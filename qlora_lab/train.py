@@ -39,7 +39,12 @@ def main() -> None:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
-    task()
+    try:
+        task()
+    except KeyboardInterrupt:  # Ctrl-C: each run's record says where it stopped; no traceback
+        print("interrupted (SIGINT): the runs so far", file=sys.stderr, flush=True)
+        sweep_summary.report_interrupted()
+        sys.exit(130)
     sys.exit(sweep_summary.exit_code())
 
 

@@ -38,13 +38,28 @@ def load_splits(cfg: DatasetConfig) -> Splits:
         name, eval_rows = own_eval
         return Splits(train=pairs[: cfg.max_train_samples], eval=_pairs(cfg, eval_rows)[: cfg.max_eval_samples],
                       fingerprint=fingerprint, eval_split=name)
-    if len(pairs) <= cfg.n_eval:
-        raise DataError(f"dataset.n_eval={cfg.n_eval} leaves no training rows: dataset={cfg.name} has {len(pairs)}")
+    if len(pairs) < 2:
+        raise DataError(f"dataset={cfg.name}: {cfg.path or cfg.hub_id or cfg.format} holds {len(pairs)} example; "
+                        f"a run needs at least 2 (one to train on, one to evaluate)")
+    n_eval = auto_n_eval(len(pairs)) if cfg.n_eval is None else cfg.n_eval
+    if len(pairs) <= n_eval:
+        raise DataError(f"dataset.n_eval={n_eval} leaves no training rows: dataset={cfg.name} has {len(pairs)}; "
+                        f"use dataset.n_eval={auto_n_eval(len(pairs))} (at most {len(pairs) - 1}), "
+                        f"or null for a tenth of the rows")
     order = list(range(len(pairs)))
     random.Random(cfg.split_seed).shuffle(order)
-    eval_pairs = [pairs[i] for i in order[: cfg.n_eval]][: cfg.max_eval_samples]
-    train_pairs = [pairs[i] for i in sorted(order[cfg.n_eval :])][: cfg.max_train_samples]
+    eval_pairs = [pairs[i] for i in order[:n_eval]][: cfg.max_eval_samples]
+    train_pairs = [pairs[i] for i in sorted(order[n_eval:])][: cfg.max_train_samples]
     return Splits(train=train_pairs, eval=eval_pairs, fingerprint=fingerprint)
+
+
+PAPER_N_EVAL = 1024  # the paper's held-out split of every instruction dataset (seed 42)
+
+
+def auto_n_eval(n_rows: int) -> int:
+    """`dataset.n_eval=null`: the paper's 1024 where the data is large, a tenth of a small file,
+    at least one row; so a researcher's 40-row file trains without a flag."""
+    return max(1, min(PAPER_N_EVAL, n_rows // 10))
 
 
 def row_format(cfg: DatasetConfig):

@@ -1,7 +1,8 @@
 """Any OpenAI-compatible chat-completions endpoint as the judge, through the `openai` client.
 
-Timeouts, HTTP errors and unparseable verdicts are retried up to a bound, then written as
-such (winner null, with the reason). The API key is read from the environment and never
+Timeouts and HTTP errors are retried up to a bound, then written as such (winner null, with
+the reason). An answer with no verdict, or an ambiguous one, is written as null at once: asked
+again at temperature 0 the judge would answer the same. The API key is read from the environment and never
 written into a judgment, a log line or an error message.
 """
 
@@ -14,7 +15,7 @@ from qlora_lab.judging.verdicts import Judgment, Unparseable, judge_messages, pa
 
 
 def openai_judge(base_url: str, model: str, api_key: str, mode: str = "threeclass", retries: int = 2,
-                 timeout_s: float = 60.0, backoff_s: float = 0.5):
+                 timeout_s: float = 60.0, backoff_s: float = 0.5, prompt: str = "vicuna"):
     """A judge function for one endpoint; the client never retries on its own (we count)."""
     from openai import OpenAI
 
@@ -25,14 +26,17 @@ def openai_judge(base_url: str, model: str, api_key: str, mode: str = "threeclas
         reason = None
         for attempt in range(retries + 1):
             try:
-                reply = client.chat.completions.create(model=model, messages=judge_messages(task, mode),
+                reply = client.chat.completions.create(model=model, messages=judge_messages(task, mode, prompt),
                                                        temperature=0)
-                winner, score_a, score_b = parse_verdict(reply.choices[0].message.content or "", mode)
-                return Judgment(task.prompt_id, task.model_a, task.model_b, winner, name, score_a, score_b)
-            except Unparseable as err:
-                reason = f"unparseable verdict: {err}"
             except Exception as err:  # timeouts, HTTP status errors, connection errors
                 reason = _error_reason(err, api_key)
+            else:
+                try:
+                    winner, score_a, score_b = parse_verdict(reply.choices[0].message.content or "", mode)
+                except Unparseable as err:
+                    return Judgment(task.prompt_id, task.model_a, task.model_b, None, name,
+                                    reason=f"unparseable verdict: {err}")
+                return Judgment(task.prompt_id, task.model_a, task.model_b, winner, name, score_a, score_b)
             if attempt < retries:
                 time.sleep(backoff_s * (2**attempt))
         return Judgment(task.prompt_id, task.model_a, task.model_b, None, name,

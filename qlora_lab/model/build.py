@@ -35,6 +35,8 @@ class ModelInfo:
     bits_per_param: float  # stored bits per weight of the base's quantized linear layers
     quantized_layers: int
     total_bits: int | None = None  # every bit the base stores: weights as stored, the rest at its dtype
+    model_type: str | None = None  # config.json's model_type (llama, gpt2, t5, ...)
+    architecture: str | None = None  # the transformers class loaded (LlamaForCausalLM, ...)
 
 
 @dataclass
@@ -117,7 +119,8 @@ def build_model(model_cfg: ModelConfig, dtype: DTypeConfig, lora: LoraConfig, se
         torch.manual_seed(seed)
         adapters = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                   target_modules=peft_target_pattern(target_names(model_cfg.family, lora.targets)),
-                                  bias="none", task_type=task_type, modules_to_save=list(heads) or None)
+                                  bias="none", task_type=task_type, modules_to_save=list(heads) or None,
+                                  fan_in_fan_out=_transposed_weights(base))
         if dtype.backend == "lab":
             from qlora_lab.model.lab_backend import register_with_peft
 
@@ -126,8 +129,16 @@ def build_model(model_cfg: ModelConfig, dtype: DTypeConfig, lora: LoraConfig, se
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     info = ModelInfo(name=model_cfg.name, path=path, n_params=n_params, n_trainable=n_trainable,
                      bits_per_param=round(stored.bits_per_param, 6),
-                     quantized_layers=_quantized_layers(base), total_bits=total_bits)
+                     quantized_layers=_quantized_layers(base), total_bits=total_bits,
+                     model_type=getattr(base.config, "model_type", None), architecture=type(base).__name__)
     return BuiltModel(model=model, tokenizer=tokenizer, info=info)
+
+
+def _transposed_weights(model: torch.nn.Module) -> bool:
+    """GPT-2's Conv1D layers store (in, out): LoRA must know where they stay unquantized."""
+    from transformers.pytorch_utils import Conv1D
+
+    return any(isinstance(m, Conv1D) for m in model.modules())
 
 
 def prepare_base(base: torch.nn.Module, dtype: DTypeConfig, gradient_checkpointing: bool) -> torch.nn.Module:

@@ -18,17 +18,31 @@ def lab_codebook(dtype: DTypeConfig):
 
 
 def quantize_linears(model: torch.nn.Module, dtype: DTypeConfig, skip: set[int]) -> int:
-    """Replace every nn.Linear (ids in `skip` left alone: the head) by a QuantLinear."""
+    """Replace every nn.Linear and GPT-2 Conv1D (ids in `skip` left alone: the head) by a QuantLinear."""
     from qlora_kernels import QuantLinear
+    from transformers.pytorch_utils import Conv1D
 
     book, compute = lab_codebook(dtype), torch_dtype(dtype.compute_dtype)
     swaps = [(name, module) for name, module in model.named_modules()
-             if isinstance(module, torch.nn.Linear) and id(module) not in skip]
-    for name, linear in swaps:
+             if isinstance(module, (torch.nn.Linear, Conv1D)) and id(module) not in skip]
+    for name, layer in swaps:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
+        linear = _as_linear(layer) if isinstance(layer, Conv1D) else layer
         setattr(parent, child, QuantLinear.from_linear(linear, book, dtype.blocksize, dtype.double_quant, compute))
     return len(swaps)
+
+
+def _as_linear(conv: torch.nn.Module) -> torch.nn.Linear:
+    """A Conv1D (weight stored in x out) as the nn.Linear it computes."""
+    n_in, n_out = conv.weight.shape
+    linear = torch.nn.Linear(n_in, n_out, bias=conv.bias is not None, dtype=conv.weight.dtype,
+                             device=conv.weight.device)
+    with torch.no_grad():
+        linear.weight.copy_(conv.weight.t())
+        if conv.bias is not None:
+            linear.bias.copy_(conv.bias)
+    return linear
 
 
 def prepare_lab_base(model: torch.nn.Module, gradient_checkpointing: bool) -> torch.nn.Module:
@@ -69,6 +83,10 @@ class LoraQuantLinear(torch.nn.Module, LoraLayer):
 
 
 def register_with_peft(peft_config) -> None:
+    import warnings
+
     from qlora_kernels import QuantLinear
 
+    # peft warns of any layer type it does not know, even one registered for it, as ours is
+    warnings.filterwarnings("ignore", message=r"Unsupported layer type '<class 'qlora_kernels\.", category=UserWarning)
     peft_config._register_custom_module({QuantLinear: LoraQuantLinear})

@@ -32,6 +32,11 @@ TARGET_GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
         "attn": ("q", "k", "v", "o"),
         "mlp": ("wi", "wi_0", "wi_1", "wo"),
     },
+    "gpt2": {  # Conv1D layers (weights stored transposed); q, k and v share one fused projection
+        "qv": ("c_attn",),
+        "attn": ("c_attn", "attn.c_proj"),
+        "mlp": ("c_fc", "mlp.c_proj"),
+    },
     "roberta": {  # the classification head is not a target: it is trained in full
         "qv": ("attention.self.query", "attention.self.value"),
         "attn": ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"),
@@ -41,9 +46,20 @@ TARGET_GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
 
 # model.kind -> the families it can be (what `model.family` may name for that kind)
 KIND_FAMILIES: dict[str, list[str]] = {
-    "causal": ["bloom", "gpt_neox", "llama", "opt"],
+    "causal": ["bloom", "gpt2", "gpt_neox", "llama", "opt"],
     "seq2seq": ["t5"],
     "classifier": ["roberta"],
+}
+
+
+# A checkpoint's config.json `model_type` -> (model.kind, model.family): how `model.path=DIR`
+# learns what it loads. Llama's descendants name their projections as Llama does.
+MODEL_TYPES: dict[str, tuple[str, str]] = {
+    "llama": ("causal", "llama"), "mistral": ("causal", "llama"), "qwen2": ("causal", "llama"),
+    "qwen3": ("causal", "llama"), "gemma": ("causal", "llama"), "gemma2": ("causal", "llama"),
+    "opt": ("causal", "opt"), "gpt_neox": ("causal", "gpt_neox"), "bloom": ("causal", "bloom"),
+    "gpt2": ("causal", "gpt2"), "t5": ("seq2seq", "t5"), "mt5": ("seq2seq", "t5"),
+    "roberta": ("classifier", "roberta"),
 }
 
 
