@@ -20,6 +20,9 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(f"interrupted (SIGINT) at step {step}")
         self.step = step
 
+    def __reduce__(self):  # a warm-started run sends it to its job
+        return Interrupted, (self.step,)
+
 
 @dataclass
 class FitResult:

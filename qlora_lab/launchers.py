@@ -148,6 +148,18 @@ class ResourceAwareLocalLauncher(_PerJobResources, LocalLauncher):
         the machine's cores hold (each asks for `cpus_per_task`), and the next ones when they end."""
         return core_waves([int(r.get("cpus_per_task") or 1) for r in per_job], len(os.sched_getaffinity(0)))
 
+    def _executor(self, resources: dict[str, Any]):
+        """submitit's local controller (one per job) shares the launch's terminal: on Ctrl-C it
+        prints a traceback of its own wait loop, one per job, interleaved. Its stderr goes to a
+        file in the submitit folder instead (the jobs' own output is in their log files anyway)."""
+        import shlex
+
+        executor = super()._executor(resources)
+        folder = Path(str(self.params["submitit_folder"]).replace("%j", "job")).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        executor.update_parameters(local_setup=[f"exec 2>>{shlex.quote(str(folder / 'controllers.err'))}"])
+        return executor
+
     def __getstate__(self) -> dict:
         """Each job gets this launcher pickled: without the launch's server process."""
         return {key: value for key, value in self.__dict__.items() if key != "_warm"}

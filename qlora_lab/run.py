@@ -92,6 +92,7 @@ _RUNS_IN_PROCESS = {"n": 0}  # runs this process has started (an in-process swee
 
 def _run(config: RunConfig, run_dir: Path, overrides: list[str]) -> Record:
     _RUNS_IN_PROCESS["n"] += 1
+    _first_sigint_only()
     (run_dir / "traceback.txt").unlink(missing_ok=True)  # a rerun's folder holds only its own failure
     record = Record(run_id=run_id(config.to_dict()), overrides=overrides, config=config.to_dict(),
                     started_at=utc_now())
@@ -110,12 +111,29 @@ def _run(config: RunConfig, run_dir: Path, overrides: list[str]) -> Record:
         log.error("run %s: %s", run_dir, record.error)
         raise
     finally:
-        _finish_wandb()
         record.timing["wall_s"] = round(time.perf_counter() - start, 3)
         record.memory.update(peak_rss_mb=round(peak_rss_mb(), 1), peak_gpu_mb=peak_gpu_mb())
         record.finished_at = utc_now()
         write_record(run_dir, record)
+        _finish_wandb()
     return record
+
+
+def _first_sigint_only() -> None:
+    """Ctrl-C raises KeyboardInterrupt once; later SIGINTs (a second Ctrl-C, a launcher
+    forwarding the first to its job's run) are ignored, so they cannot cut the record short."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, interrupt)
 
 
 def _train_and_evaluate(config: RunConfig, run_dir: Path, record: Record, start: float) -> None:

@@ -129,7 +129,10 @@ def call(function: Callable[..., Any], *args: Any) -> Any:
         return function(*args)
     finished = False
     try:
-        kind, value = _receive(conn)
+        try:
+            kind, value = _receive(conn)
+        except KeyboardInterrupt:  # Ctrl-C: the run gets it too and writes its record before it ends
+            kind, value = _after_interrupt(conn, pid)
         finished = True
     except (OSError, EOFError):
         raise RuntimeError(f"the run's process (pid {pid}, forked by the warm server) ended without a result")
@@ -141,6 +144,22 @@ def call(function: Callable[..., Any], *args: Any) -> Any:
     if kind == "error":
         raise value
     return value
+
+
+INTERRUPT_GRACE_S = 10.0  # how long an interrupted job waits for its run to write its record
+
+
+def _after_interrupt(conn: socket.socket, pid: int) -> tuple[str, Any]:
+    """The run's answer after SIGINT: it is sent SIGINT too (a launcher's cancel reaches only
+    the job), and given INTERRUPT_GRACE_S to record where it stopped."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # submitit's controller forwards a second one
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGINT)
+    conn.settimeout(INTERRUPT_GRACE_S)
+    try:
+        return _receive(conn)
+    except (OSError, EOFError):
+        raise KeyboardInterrupt from None
 
 
 def _hand_over(path: str, function: Callable[..., Any], args: tuple) -> tuple[socket.socket, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,12 +119,62 @@ def _raw_rows(cfg: DatasetConfig) -> tuple[list[dict], str, tuple[str, list[dict
         rows = stdlib.instruction_rows()
         digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
         return rows, "sha256:" + digest, None
-    import datasets  # the hub (or a local dataset folder named as hub_id)
-
-    hub = datasets.load_dataset(cfg.hub_id, cfg.hub_config, data_files=cfg.hub_files)
+    hub = _load_hub_dataset(cfg)
     own = next((name for name in EVAL_SPLITS if name in hub), None)
     return (list(hub["train"]), f"{cfg.hub_id}@{hub['train']._fingerprint}",
             (own, list(hub[own])) if own else None)
+
+
+HUB_PROBE_TIMEOUT_S = 3.0  # one quick look before datasets' own retries (about 25 s when unreachable)
+
+
+def _load_hub_dataset(cfg: DatasetConfig):
+    """datasets.load_dataset of the hub id (or a local dataset folder named as hub_id); from the
+    local cache alone when the hub cannot be reached. Any failure is one line that names the
+    hub id and the way round it: a local file."""
+    import datasets
+
+    online = Path(cfg.hub_id).is_dir() or _hub_reachable()
+    try:
+        with _hub_offline(not online):
+            return datasets.load_dataset(cfg.hub_id, cfg.hub_config, data_files=cfg.hub_files)
+    except Exception as err:
+        where = "" if online else " (the hub is not reachable from here, and the dataset is not in the local cache)"
+        raise DataError(f"dataset={cfg.name}: could not load the hub dataset {cfg.hub_id}{where}: "
+                        f"{type(err).__name__}; give a local copy with dataset.path=FILE") from None
+
+
+def _hub_reachable() -> bool:
+    """False offline (HF_HUB_OFFLINE) or when the hub's endpoint does not answer in a few seconds."""
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        urllib.request.urlopen(constants.ENDPOINT, timeout=HUB_PROBE_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return True  # it answered
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+@contextmanager
+def _hub_offline(offline: bool):
+    """datasets and huggingface_hub in offline mode for one call: only their local caches."""
+    import datasets
+    from huggingface_hub import constants
+
+    saved = (datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE)
+    if offline:
+        datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
 
 
 def parse_jsonl(text: str, source) -> list:
