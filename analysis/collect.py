@@ -22,6 +22,10 @@ GROUPS = ("model", "dataset", "dtype", "lora", "train", "eval")
 METRICS = ("eval_loss", "ppl", "base_ppl", "rougeL", "mmlu_acc", "accuracy", "zero_shot_mean", "train_loss_first",
            "train_loss_last")
 LEFT_OUT_COLUMNS = ["run_dir", "run_id", "reason"]
+# a row's columns that are read off the record, not chosen by the sweep (everything else is an axis)
+MEASURED_COLUMNS = frozenset(METRICS) | {"run_dir", "run_id", "model_kind", "n_params", "bits_per_param", "total_bits",
+                                         "train_s", "tokens_per_s", "peak_memory_mb", "full_finetune", "dtype_label",
+                                         "config"}
 
 
 class RecordSchemaError(ValueError):
@@ -152,10 +156,19 @@ def _row(record: dict, run_dir: str) -> dict:
     row["bits_per_param"] = model.get("bits_per_param")
     row["total_bits"] = model.get("total_bits")  # every stored bit of the base (Figure 3's x-axis)
     row["train_s"] = timing.get("train_s")
+    row["tokens_per_s"] = timing.get("tokens_per_s")
     row["peak_memory_mb"] = memory.get("peak_gpu_mb") or memory.get("peak_tensor_mb") or memory.get("peak_rss_mb")
     row["full_finetune"] = config_value(config, "lora.enabled") is False
     row["dtype_label"] = dtype_label(row)
+    row["config"] = config_label(row)
     return row
+
+
+def config_label(row: dict) -> str:
+    """A run's configuration as a person reads it: `NF4+DQ · all · r64` (seeds pooled)."""
+    if row.get("full_finetune"):
+        return row["dtype_label"]  # every weight trained: no adapter targets or rank
+    return f"{row['dtype_label']} · {row.get('lora.targets') or '?'} · r{row.get('lora.r') or '?'}"
 
 
 def dtype_label(row: dict) -> str:

@@ -10,6 +10,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
+
+from qlora_analysis.intervals import mean_interval  # noqa: E402
 
 # Which metric a plot shows: the first the runs have (higher is better for all but losses).
 METRIC_PREFERENCE = ("zero_shot_mean", "mmlu_acc", "rougeL", "accuracy", "eval_loss", "ppl")
@@ -25,42 +28,57 @@ def main_metric(runs: pd.DataFrame) -> str | None:
 
 
 def metric_vs_bits(runs: pd.DataFrame, out: Path) -> Path | None:
-    """Figure 3's shape: a metric against total model bits, one line per data type."""
+    """Figure 3's shape: a metric against total model bits, one line per configuration; an
+    error bar spans only one configuration's seeds (95% interval), never different settings."""
     metric = main_metric(runs)
     if metric is None or runs["total_bits"].dropna().empty:
         return None
     have = runs.dropna(subset=[metric, "total_bits"])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, group in have.groupby("dtype_label"):
-        means = group.groupby("total_bits")[metric].agg(["mean", "std", "size"]).reset_index()
-        ax.errorbar(means["total_bits"], means["mean"], yerr=means["std"].fillna(0), marker="o", capsize=3, label=label)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, group in have.groupby("config"):
+        points = [(bits, *mean_interval(part[metric])) for bits, part in group.groupby("total_bits")]
+        xs, means = [p[0] for p in points], [p[1] for p in points]
+        errors = [p[2] or 0.0 for p in points]
+        ax.errorbar(xs, means, yerr=errors, marker="o", capsize=3, label=label)
+    bits = sorted(have["total_bits"].unique())
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(bits))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticks(bits, [_bits_label(b) for b in bits], rotation=30, ha="right", fontsize=8)
     ax.set_xlabel("total model bits (every bit the base stores)")
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric} vs total model bits by data type")
-    ax.legend(fontsize=8)
+    ax.set_title(f"{metric} vs total model bits (error bars: 95% interval over seeds)")
+    ax.legend(fontsize=7, ncol=2 if have["config"].nunique() > 8 else 1)
     return _save(fig, out / "metric_vs_bits.png")
 
 
+def _bits_label(bits: float) -> str:
+    """30067712 -> "30.1 Mbit" (3.8 MB)."""
+    for unit, size in (("Gbit", 1e9), ("Mbit", 1e6), ("kbit", 1e3)):
+        if bits >= size:
+            return f"{bits / size:.1f} {unit}"
+    return f"{bits:.0f} bit"
+
+
 def rouge_by_targets(runs: pd.DataFrame, out: Path) -> Path | None:
-    """Figure 2's shape: RougeL by LoRA targets, every seed a point, the mean a bar."""
+    """Figure 2's shape: RougeL by LoRA targets, every seed a point, the mean a short line (no
+    bars: a bar's length from zero would mislead on an axis cut to the metric's range)."""
     if runs.empty or runs["rougeL"].dropna().empty:
         return None
-    have = runs.dropna(subset=["rougeL"]).astype({"lora.targets": str, "lora.r": str})
-    have = have.assign(setting=have["dtype_label"] + " " + have["lora.targets"] + " r" + have["lora.r"])
-    settings = sorted(have["setting"].unique())
+    have = runs.dropna(subset=["rougeL"])
+    settings = sorted(have["config"].unique())
     if len(settings) < 2:
         return None
     fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(settings)), 4))
-    means = have.groupby("setting")["rougeL"].mean()
-    ax.bar(range(len(settings)), [means[s] for s in settings], color="#cfd8e3", label="mean")
+    means = have.groupby("config")["rougeL"].mean()
+    ax.hlines([means[s] for s in settings], [i - 0.3 for i in range(len(settings))],
+              [i + 0.3 for i in range(len(settings))], color="#c0392b", linewidth=2, label="mean")
     for i, setting in enumerate(settings):
-        values = have[have["setting"] == setting]["rougeL"]
+        values = have[have["config"] == setting]["rougeL"]
         ax.scatter([i] * len(values), values, color="#1f4e79", zorder=3, s=18, label="one seed" if i == 0 else None)
     ax.set_xticks(range(len(settings)), settings, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("RougeL")
     ax.set_title("RougeL by LoRA targets (every seed a point)")
-    ax.set_ylim(bottom=max(0.0, have["rougeL"].min() - 0.05))
     ax.legend(fontsize=8)
     return _save(fig, out / "rouge_by_targets.png")
 

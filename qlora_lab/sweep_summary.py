@@ -77,10 +77,11 @@ def _report(run_dirs: list[Path]) -> None:
     records = [(d, read_record(d / RECORD_NAME) if (d / RECORD_NAME).exists() else None) for d in run_dirs]
     _launch["failed"] = [str(d) for d, r in records if r is None or r.status != "ok"]
     reused = {str(d) for d, _ in records if _reused_here(d)}
-    for line in summary_lines(records, reused=reused):
+    lines = summary_lines(records, reused=reused)
+    if _launch["folder"] is not None:  # before the count line, which stays last
+        lines.insert(-1, f"{'sweep' if _launch['multirun'] else 'run'} folder: {_launch['folder']}")
+    for line in lines:
         print(line, flush=True)
-    if _launch["folder"] is not None:
-        print(f"{'sweep' if _launch['multirun'] else 'run'} folder: {_launch['folder']}", flush=True)
 
 
 def _num(value: Any, digits: int) -> str:

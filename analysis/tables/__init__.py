@@ -24,9 +24,9 @@ class Table:
     note: str = ""  # what the cells are, in one line
 
     def markdown(self) -> str:
-        support = self.support.to_markdown() if not self.support.empty else ""
-        return (f"### {self.title}\n\n{self.note}\n\n{self.frame.to_markdown()}\n\n"
-                f"Runs/seeds behind each cell:\n\n{support}\n")
+        support = readable(self.support).to_markdown() if not self.support.empty else ""
+        return (f"### {self.title}\n\n{self.note}\n\n{readable(self.frame).to_markdown()}\n\n"
+                + (f"Runs/seeds behind each cell:\n\n{support}\n" if support else ""))
 
     def write(self, out_dir: Path) -> list[Path]:
         """NAME.md, NAME.csv (long form numbers), NAME.tex."""
@@ -34,8 +34,25 @@ class Table:
         paths = [out_dir / f"{self.name}.{ext}" for ext in ("md", "csv", "tex")]
         paths[0].write_text(self.markdown(), encoding="utf-8")
         self.numbers.to_csv(paths[1], index=False)
-        paths[2].write_text(self.frame.to_latex(caption=self.title, label=f"tab:{self.name}"), encoding="utf-8")
+        paths[2].write_text(readable(self.frame).to_latex(caption=self.title, label=f"tab:{self.name}"),
+                            encoding="utf-8")
         return paths
+
+
+def readable(frame: pd.DataFrame) -> pd.DataFrame:
+    """Row and column labels as a person reads them: `NF4+DQ · all · r64`, never a Python tuple."""
+    frame = frame.copy()
+    for axis in ("index", "columns"):
+        labels = getattr(frame, axis)
+        if isinstance(labels, pd.MultiIndex):
+            names = list(labels.names)
+            flat = [" · ".join(_level_value(name, v) for name, v in zip(names, values)) for values in labels]
+            setattr(frame, axis, pd.Index(flat, name=" · ".join(n for n in names if n) or None))
+    return frame
+
+
+def _level_value(name: str | None, value) -> str:
+    return f"r{value}" if name == "lora.r" else str(value)
 
 
 TableFn = Callable[[pd.DataFrame, pd.DataFrame], "Table | None"]

@@ -1,4 +1,5 @@
-"""A run killed mid-training (kill -9) and launched again ends as an uninterrupted one."""
+"""A run killed mid-training (kill -9) and launched again ends as an uninterrupted one, and its
+record says it resumed and counts only the resuming process's tokens and time."""
 
 from __future__ import annotations
 
@@ -35,9 +36,15 @@ def test_killed_run_resumes_to_the_uninterrupted_metrics(tmp_path: Path):
     assert not (cut / "record.json").exists()  # killed: no record, so a relaunch reruns it
     assert not (cut / "checkpoints" / "checkpoint-8").exists()
 
+    before = json.loads(checkpoint.read_text())["num_input_tokens_seen"]
     proc = run_cli(*STEPS, f"hydra.run.dir={cut}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     resumed = json.loads((cut / "record.json").read_text())
+    assert expected["timing"]["resumed_from_step"] is None and resumed["timing"]["resumed_from_step"] == 4
+    assert 0 < before < expected["timing"]["tokens"]
+    assert resumed["timing"]["tokens"] == expected["timing"]["tokens"] - before  # steps 5-8 only
+    timing = resumed["timing"]
+    assert timing["tokens_per_s"] == round(timing["tokens"] / timing["train_s"], 1)
     assert resumed["status"] == "ok" and resumed["run_id"] == expected["run_id"]
     # the whole log history, not only the resumed steps: 8 steps, and the first window from
     # before the kill

@@ -81,6 +81,35 @@ def test_summary_prints_one_line_per_run(demo_sweep):
     assert all(row.split()[1] == "ok" and "dtype=" in row for row in rows)
 
 
+def test_summary_names_the_sweep_folder_and_the_console_stays_quiet(demo_sweep):
+    proc, sweep_dir = demo_sweep
+    assert f"sweep folder: {sweep_dir}" in proc.stdout.splitlines()
+    console = proc.stdout + proc.stderr
+    assert "Failed to load CPU gemm_4bit_forward" not in console  # our kernels/ folder answered bnb's probe
+    assert "Run history:" not in console and "Run summary:" not in console  # wandb's block: in the run's files
+
+
+def test_records_say_what_really_ran_and_are_readable_by_others(demo_sweep):
+    """Under umask 022 (pytest's here) a record and the adapter are 0644, not mkstemp's 0600; the
+    optimizer is what ran after bitsandbytes' CPU fallback; a later run of an in-process sweep
+    counts its start-up from its own start."""
+    import os
+    import stat
+
+    os.umask(mask := os.umask(0o022))
+    records = records_under(demo_sweep[1])
+    for name, record in records.items():
+        mode = stat.S_IMODE((demo_sweep[1] / name / "record.json").stat().st_mode)
+        assert mode == 0o666 & ~mask, oct(mode)
+        assert record["env"]["optimizer"] == {"asked": "paged_adamw_32bit", "ran": "bitsandbytes.AdamW",
+                                              "paged": False}
+        assert isinstance(record["env"]["git_dirty"], bool) or record["env"]["git_dirty"] is None
+    timing = [records[str(i)]["timing"] for i in range(4)]
+    assert timing[0]["process_to_first_step_s"] > timing[0]["first_step_s"]  # the imports count for the first
+    for later in timing[1:]:
+        assert later["process_to_first_step_s"] == later["first_step_s"]
+
+
 def test_each_run_leaves_generations_adapter_and_offline_wandb(demo_sweep):
     for run_dir in (demo_sweep[1] / str(i) for i in range(4)):
         rows = [json.loads(line) for line in (run_dir / "generations.jsonl").read_text().splitlines()]

@@ -69,9 +69,43 @@ def test_empty_dataset_is_an_error_not_a_zero_step_run(tmp_path):
         load_splits(alpaca(empty))
 
 
-def test_eval_split_larger_than_the_data_is_refused():
-    with pytest.raises(DataError, match=r"dataset.n_eval=100 leaves no training rows: dataset=alpaca has 48"):
+def test_eval_split_larger_than_the_data_is_refused_with_a_value_that_works():
+    with pytest.raises(DataError, match=r"dataset.n_eval=100 leaves no training rows: dataset=alpaca has 48; "
+                                        r"use dataset.n_eval=4 \(at most 47\)"):
         load_splits(alpaca(ALPACA, n_eval=100))
+
+
+@pytest.mark.parametrize("rows, n_eval", [(48, 4), (41, 4), (24, 2), (9, 1), (2, 1), (20_000, 1024)])
+def test_the_default_eval_split_suits_the_data(tmp_path, rows, n_eval):
+    """n_eval=null (the paper datasets' configs): a tenth of the rows, at most 1024, at least one;
+    a 41-row file trains instead of failing on the paper's 1024."""
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(json.dumps({"instruction": f"Say {i}.", "output": str(i)}) + "\n" for i in range(rows)))
+    splits = load_splits(DatasetConfig(name="alpaca", format="alpaca", path=str(path), n_eval=None))
+    assert (len(splits.eval), len(splits.train)) == (n_eval, rows - n_eval)
+
+
+def test_a_hub_dataset_that_cannot_be_reached_fails_in_one_line_naming_the_way_round(tmp_path, monkeypatch):
+    """Not offline by flag, but the hub does not answer (a closed port on 127.0.0.1 as its
+    endpoint): one quick look, then the local cache alone, then one line."""
+    import socket
+
+    import datasets
+    from huggingface_hub import constants
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(DataError) as caught:
+        load_splits(DatasetConfig(name="alpaca", format="alpaca", hub_id="tatsu-lab/alpaca"))
+    said = str(caught.value)
+    assert "tatsu-lab/alpaca" in said and "dataset.path=FILE" in said and "not reachable" in said
+    assert "\n" not in said
+    assert constants.HF_HUB_OFFLINE is False  # offline for that one call only
 
 
 def test_stdlib_pairs_are_real_functions_from_the_finetune_half():
@@ -97,6 +131,6 @@ def module_part_of(module: str) -> str:
 
 
 def test_stdlib_dataset_splits_deterministically():
-    cfg = DatasetConfig()
+    cfg = DatasetConfig(n_eval=64)  # as conf/dataset/stdlib.yaml sets it
     a, b = load_splits(cfg), load_splits(cfg)
     assert a.eval == b.eval and a.fingerprint == b.fingerprint and len(a.eval) == cfg.n_eval

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from qlora_lab.judge import main
+from qlora_lab.judging.verdicts import Unparseable, parse_verdict
 from qlora_lab.judging.relative_score import relative_scores
 from qlora_lab.records import Record, write_record
 
@@ -71,9 +72,11 @@ class FakeChatAPI(BaseHTTPRequestHandler):
         try:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             user = body["messages"][-1]["content"]
-            first, second = re.findall(r"Start of Assistant \d's Answer\]\n(.*?)\n\n\[The End", user, flags=re.S)
+            first, second = re.findall(r"Start of Assistant (?:\d|[AB])'s Answer\]\n(.*?)\n\n?\[The End", user,
+                                       flags=re.S)
             with state["lock"]:
                 state["requests"].append((first, second))
+                state["layouts"].add("mtbench" if user.startswith("[User Question]") else "vicuna")
             trouble = state["trouble"](first, second)
             if trouble == "500":
                 self.send_response(500)
@@ -102,7 +105,7 @@ class FakeChatAPI(BaseHTTPRequestHandler):
 @pytest.fixture
 def chat_api(monkeypatch):
     FakeChatAPI.state = {"lock": threading.Lock(), "in_flight": 0, "max_in_flight": 0, "auth": set(),
-                         "requests": [], "trouble": lambda a, b: None,
+                         "requests": [], "trouble": lambda a, b: None, "layouts": set(),
                          "verdict": lambda a, b: "1\nlonger" if len(a) > len(b) else "2\nlonger"}
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeChatAPI)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -141,7 +144,8 @@ def test_errors_are_retried_then_written_as_such_and_a_rerun_judges_only_those(t
     failed = [r for r in rows if r["winner"] is None]
     reasons = " ".join(r["reason"] for r in failed)
     assert "HTTP 500" in reasons and "Timeout" in reasons and "unparseable verdict" in reasons
-    assert all(r["reason"].endswith("(after 2 tries)") for r in failed)
+    # transport errors are retried; an answer without a verdict is not (it would come again)
+    assert all(r["reason"].endswith("(after 2 tries)") != r["reason"].startswith("unparseable") for r in failed)
     assert len(rows) == 18 and 0 < len(failed) < 18 and KEY not in (root / "judgments.jsonl").read_text()
     state["trouble"], state["requests"] = (lambda a, b: None), []
     assert main(openai_args(root, url)) == 0
@@ -190,3 +194,71 @@ def test_labels_name_runs(tmp_path):
     root = make_sweep(tmp_path)
     assert main([str(root), "--label", "0=guanaco-nf4", "--set", "prompts"]) == 0
     assert any(r["model_a"] == "guanaco-nf4" for r in judgments(root))
+
+
+@pytest.mark.parametrize("text, winner", [
+    ("2\nAssistant 2 explains why.", "b"),  # the first line, as the Vicuna prompt asks
+    ("Both answers are short; the second is right.\n\nVerdict: 2", "b"),  # the last line
+    ("Assistant A is vague. Assistant B is correct.\n\n[[B]]", "b"),  # FastChat's marker
+    ("A comparison of the two...\n[[C]]", "tie"),
+    ("tie\nneither is better", "tie"),
+])
+def test_verdicts_are_read_where_real_judges_put_them(text, winner):
+    assert parse_verdict(text, "threeclass")[0] == winner
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("1\nOn reflection the second is better.\n2", "ambiguous"),  # first and last lines disagree
+    ("Either [[A]] or [[B]].", "ambiguous"),
+    ("A fine pair of answers.", "no verdict"),
+])
+def test_an_ambiguous_or_missing_verdict_is_refused_with_its_reason(text, reason):
+    with pytest.raises(Unparseable, match=reason):
+        parse_verdict(text, "threeclass")
+
+
+def test_a_judge_that_answers_on_its_last_line_is_judged_once(tmp_path, chat_api):
+    url, state = chat_api
+    root = make_sweep(tmp_path)
+    state["verdict"] = lambda a, b: f"Let me compare them.\nThe answers differ.\nVerdict: {1 if len(a) > len(b) else 2}"
+    assert main(openai_args(root, url)) == 0
+    assert all(r["winner"] in ("a", "b") for r in judgments(root)) and len(state["requests"]) == 18
+
+
+def test_mtbench_prompt_and_its_markers(tmp_path, chat_api):
+    url, state = chat_api
+    root = make_sweep(tmp_path)
+    state["verdict"] = lambda a, b: f"Explanation.\n[[{'A' if len(a) > len(b) else 'B'}]]"
+    assert main(openai_args(root, url, "--prompt", "mtbench")) == 0
+    rows = judgments(root)
+    assert len(rows) == 18 and all(r["winner"] in ("a", "b") for r in rows) and state["layouts"] == {"mtbench"}
+    assert main(openai_args(root, url, "--prompt", "mtbench", "--mode", "score")) == 2  # its verdict has no scores
+
+
+def test_nothing_judged_exits_non_zero_and_the_report_says_why(tmp_path, capsys):
+    import socket
+    import subprocess
+    import sys
+
+    root = make_sweep(tmp_path / "sweep")
+    with socket.socket() as probe:  # a port nothing listens on: every request is refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    import os
+
+    os.environ["JUDGE_KEY"] = KEY
+    try:
+        code = main([str(root), "--judge", "openai", "--base-url", f"http://127.0.0.1:{port}/v1", "--model", "j",
+                     "--api-key-env", "JUDGE_KEY", "--retries", "0", "--timeout", "2"])
+    finally:
+        del os.environ["JUDGE_KEY"]
+    out = capsys.readouterr()
+    assert code == 1 and "0 verdicts, 18 could not be judged" in out.out
+    assert "none of the 18 pairs could be judged" in out.err and "Connection" in out.err
+    report = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "qlora_analysis", str(root), "--out", str(report)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    text = (report / "report.md").read_text()
+    assert "0 judge verdicts, 18 pairs that could not be judged" in text
+    assert "No Elo table: none of the 18 judgments has a verdict" in text and "Connection" in text

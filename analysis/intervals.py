@@ -1,0 +1,25 @@
+"""Means with their 95% intervals (Student's t over the runs of one configuration)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+
+def mean_interval(values: pd.Series) -> tuple[float, float | None, int]:
+    """(mean, half-width of the 95% interval or None for a single run, n)."""
+    values = values.dropna().astype(float)
+    n = len(values)
+    if n == 0:
+        return math.nan, None, 0
+    if n == 1:
+        return float(values.iloc[0]), None, 1
+    from scipy.stats import t
+
+    return float(values.mean()), float(t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n)), n
+
+
+def shown(mean: float, half: float | None, digits: int) -> str:
+    """"4.987 ± 0.012"; a single run shows its value alone."""
+    return f"{mean:.{digits}f}" + (f" ± {half:.{digits}f}" if half is not None else "")
