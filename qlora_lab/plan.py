@@ -146,6 +146,11 @@ def main() -> None:
     from qlora_lab.train import CONF_DIR
 
     argv = [arg for arg in sys.argv[1:] if arg not in ("-m", "--multirun")]
+    if {"-h", "--help"} & set(argv):
+        print("usage: qlora-plan [+sweep=NAME] [overrides]   the runs of a sweep, their GPU-hours and memory fit\n"
+              "       qlora-plan --studies [overrides]      every paper study's totals\n"
+              "(also python -m qlora_lab.plan); launches nothing")
+        return
     register_sweep_files()
     if "--studies" not in argv:
         print(render(plan(_checked(argv, CONF_DIR, check_command_line), CONF_DIR)))

@@ -45,3 +45,16 @@ def test_a_record_of_another_schema_is_refused_clearly(tmp_path: Path):
     write_run(tmp_path / "0", {"dtype": "nf4"}, {"eval_loss": 2.0}, schema=2)
     with pytest.raises(RecordSchemaError, match=r"record schema 2; this qlora_analysis reads schema 1"):
         collect(tmp_path)
+
+
+def test_a_corrupt_record_is_left_out_with_its_reason_and_the_rest_counted(tmp_path: Path):
+    write_run(tmp_path / "s" / "0", {"dtype": "nf4"}, {"eval_loss": 2.0})
+    write_run(tmp_path / "s" / "1", {"dtype": "fp4"}, {"eval_loss": 2.1})
+    record = tmp_path / "s" / "1" / "record.json"
+    record.write_text(record.read_text()[:40])  # truncated, as a full disk or a killed copy leaves it
+    runs = collect(tmp_path / "s")
+    assert list(runs["dtype"]) == ["nf4"]
+    [reason] = left_out(runs).itertuples()
+    assert reason.run_dir == str(tmp_path / "s" / "1") and reason.reason.startswith("corrupt record: not JSON")
+    with pytest.raises(RecordSchemaError, match=r"record.json: not JSON"):
+        collect(tmp_path / "s", strict=True)

@@ -1,16 +1,14 @@
-"""analysis/notebooks/sweep_report.ipynb, executed (nbclient) against a small real sweep: the
-demo multirun, judged by the offline reference judge."""
+"""analysis/notebooks/sweep_report.ipynb, executed with papermill (its sweep folder a parameter,
+from another working folder) against a small real sweep: the demo multirun, judged by the
+offline reference judge."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
-from nbclient import NotebookClient
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "analysis" / "notebooks" / "sweep_report.ipynb"
 
@@ -24,12 +22,13 @@ def test_notebook_runs_on_a_real_sweep_and_shows_tables_and_plots(demo_sweep, tm
                             timeout=300)
     assert judged.returncode == 0, judged.stderr[-2000:]
 
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    os.environ["QLORA_SWEEP"], os.environ["QLORA_REPORT"] = str(sweep), str(tmp_path / "report")
-    try:
-        NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    finally:
-        del os.environ["QLORA_SWEEP"], os.environ["QLORA_REPORT"]
+    import papermill
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    notebook = papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "out.ipynb"), kernel_name="python3",
+                                          parameters={"sweep": str(sweep), "report": str(tmp_path / "report")},
+                                          cwd=str(elsewhere), progress_bar=False)
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]
     text = "\n".join(o.get("text", "") + o.get("data", {}).get("text/markdown", "") + o.get("data", {}).get("text/plain", "")
@@ -37,3 +36,12 @@ def test_notebook_runs_on_a_real_sweep_and_shows_tables_and_plots(demo_sweep, tm
     assert "4 runs counted, 0 left out" in text
     assert "Table 7: Elo ratings" in text and "Figure 2 data" in text  # nf4/fp4 x all/qv: targets differ
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3
+
+
+def test_notebook_without_a_sweep_folder_says_how_to_give_one(tmp_path: Path):
+    import papermill
+    import pytest
+
+    with pytest.raises(papermill.PapermillExecutionError, match="no sweep folder given: run with papermill"):
+        papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "out.ipynb"), kernel_name="python3",
+                                   cwd=str(tmp_path), progress_bar=False)

@@ -45,7 +45,7 @@ def test_each_table_appears_with_its_cells_and_support(study: Path, tmp_path: Pa
     runs, judgments = collect(study), read_judgments(study)
     tables = {t.name: t for t in all_tables(runs, judgments)}
     assert set(tables) == {"ptq_perplexity", "mmlu_by_dtype", "mmlu_by_dataset", "relative_score", "elo",
-                           "lora_targets"}  # no T5/RoBERTa runs: no Table 3
+                           "lora_targets", "sweep_axes"}  # no T5/RoBERTa runs: no Table 3
     ptq = tables["ptq_perplexity"].numbers.set_index("dtype_label")
     assert ptq.loc["NF4+DQ", "mean"] == 30.0 and ptq.loc["Int4+DQ", "runs"] == 1
     mmlu = tables["mmlu_by_dtype"].numbers.set_index(["dataset", "dtype_label"])
@@ -106,3 +106,48 @@ def test_table_3_from_seq2seq_and_classifier_runs(tmp_path: Path):
     assert numbers.loc[("seq2seq", "Int8"), "mean"] == pytest.approx(0.38)
     assert numbers.loc[("classifier", "FP4+DQ"), "mean"] == pytest.approx(0.88)
     assert set(made.frame.index.get_level_values(0)) == {"seq2seq (rougeL)", "classifier (accuracy)"}
+
+
+def test_a_sweep_gets_its_own_table_with_intervals_and_readable_labels(tmp_path: Path):
+    """The design card's sweep (`dtype=nf4,fp4,int4 lora.targets=all,qv`, 3 seeds): a data type x
+    targets table and a per-configuration one, mean ± 95% interval with n; no tuples anywhere."""
+    from qlora_analysis.intervals import mean_interval
+
+    i = 0
+    for dtype, base in (("nf4", 4.9), ("fp4", 5.0), ("int4", 5.1)):
+        for targets in ("all", "qv"):
+            for seed in (0, 1, 2):
+                write_run(tmp_path / "sweep" / str(i), {"dtype": dtype, "lora.targets": targets, "train.seed": seed},
+                          {"eval_loss": base + (0.1 if targets == "qv" else 0.0) + 0.02 * seed})
+                i += 1
+    tables = {t.name: t for t in all_tables(collect(tmp_path / "sweep"), read_judgments(tmp_path / "sweep"))}
+    grid = tables["sweep_grid"]
+    assert list(grid.frame.index) == ["FP4+DQ", "Int4+DQ", "NF4+DQ"] and list(grid.frame.columns) == ["all", "qv"]
+    mean, half, n = mean_interval(pd.Series([4.9, 4.92, 4.94]))
+    assert grid.frame.loc["NF4+DQ", "all"] == f"{mean:.3f} ± {half:.3f} (n=3)" and n == 3
+    assert half == pytest.approx(4.302653 * 0.02 / 3**0.5, rel=1e-5)  # t(0.975, 2) x sd / sqrt(n), by hand
+    rows = tables["sweep_axes"].frame
+    assert "NF4+DQ · all" in rows.index and list(rows.columns) == ["eval loss"]  # the only metric that varies
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "qlora_analysis", str(tmp_path / "sweep"), "--out", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    text = (out / "report.md").read_text()
+    assert "data type × LoRA targets" in text and "('" not in text  # no Python tuples as labels
+    assert str(tmp_path) not in text  # no absolute path of this machine
+
+
+def test_report_lists_a_corrupt_record_under_runs_left_out(tmp_path: Path):
+    write_run(tmp_path / "sweep" / "0", {"dtype": "nf4"}, {"eval_loss": 2.0})
+    write_run(tmp_path / "sweep" / "1", {"dtype": "fp4"}, {"eval_loss": 2.1})
+    (tmp_path / "sweep" / "1" / "record.json").write_text('{"schema": 1, "run_id": "ab')
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "qlora_analysis", str(tmp_path / "sweep"), "--out", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    text = (out / "report.md").read_text()
+    left = text[text.index("## Runs left out"):]
+    assert "sweep/1" in left and "corrupt record" in left
+    strict = subprocess.run([sys.executable, "-m", "qlora_analysis", str(tmp_path / "sweep"), "--out", str(out),
+                             "--strict"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert strict.returncode == 2 and "not JSON" in strict.stderr

@@ -54,3 +54,37 @@ def test_cli_exits_2_with_one_line_and_runs_nothing(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "error: dtype=nf5: expected one of bf16, fp32, fp4, fp4_e3m0, int4, int8, nf2, nf3, nf4"]
     assert not (tmp_path / "sweep").exists()
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder nobody may write: a read-only tmpfs mounted there as root (root passes every
+    permission check), a folder without write bits otherwise."""
+    import os
+    import subprocess
+
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                                                   capture_output=True).returncode == 0
+    if os.geteuid() == 0 and not mounted:
+        pytest.skip("running as root without the right to mount a read-only tmpfs: no folder root cannot write")
+    if not mounted:
+        folder.chmod(0o555)
+    yield folder
+    if mounted:
+        subprocess.run(["umount", str(folder)], check=False)
+    else:
+        folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("how", ["run", "multirun", "cwd"])
+def test_an_output_folder_that_cannot_be_written_is_one_line_before_anything_runs(read_only_folder, how):
+    args = {"run": [f"hydra.run.dir={read_only_folder / 'out'}"],
+            "multirun": ["-m", "dtype=nf4,fp4", f"hydra.sweep.dir={read_only_folder / 'sweep'}"],
+            "cwd": []}[how]  # the default outputs/DATE/TIME under a read-only working folder
+    proc = run_cli(*args, cwd=read_only_folder, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot write in" in lines[0] and str(read_only_folder) in lines[0], lines
+    assert ("hydra.sweep.dir=" if how == "multirun" else "hydra.run.dir=") in lines[0]
