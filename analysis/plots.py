@@ -35,11 +35,9 @@ def metric_vs_bits(runs: pd.DataFrame, out: Path) -> Path | None:
         return None
     have = runs.dropna(subset=[metric, "total_bits"])
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, group in have.groupby("config"):
-        points = [(bits, *mean_interval(part[metric])) for bits, part in group.groupby("total_bits")]
-        xs, means = [p[0] for p in points], [p[1] for p in points]
-        errors = [p[2] or 0.0 for p in points]
-        ax.errorbar(xs, means, yerr=errors, marker="o", capsize=3, label=label)
+    for label, points in series_by_config(have, metric).items():
+        ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] or 0.0 for p in points],
+                    marker="o", capsize=3, label=label)
     bits = sorted(have["total_bits"].unique())
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(FixedLocator(bits))
@@ -50,6 +48,13 @@ def metric_vs_bits(runs: pd.DataFrame, out: Path) -> Path | None:
     ax.set_title(f"{metric} vs total model bits (error bars: 95% interval over seeds)")
     ax.legend(fontsize=7, ncol=2 if have["config"].nunique() > 8 else 1)
     return _save(fig, out / "metric_vs_bits.png")
+
+
+def series_by_config(runs: pd.DataFrame, metric: str) -> dict[str, list[tuple[float, float, float | None, int]]]:
+    """configuration label -> [(total bits, mean, 95% half-width, n)]: one line per configuration,
+    so an interval spans only the seeds of one setting."""
+    return {label: [(bits, *mean_interval(part[metric])) for bits, part in group.groupby("total_bits")]
+            for label, group in runs.groupby("config")}
 
 
 def _bits_label(bits: float) -> str:

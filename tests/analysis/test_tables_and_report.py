@@ -151,3 +151,19 @@ def test_report_lists_a_corrupt_record_under_runs_left_out(tmp_path: Path):
     strict = subprocess.run([sys.executable, "-m", "qlora_analysis", str(tmp_path / "sweep"), "--out", str(out),
                              "--strict"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert strict.returncode == 2 and "not JSON" in strict.stderr
+
+
+def test_metric_vs_bits_never_pools_configurations_into_one_error_bar(tmp_path: Path):
+    """NF4 with LoRA on all layers and on q/v stores the same bits: two lines, each with the
+    interval of its own seeds (pooled, the bar would span the gap between settings)."""
+    from qlora_analysis.plots import series_by_config
+
+    i = 0
+    for targets, loss in (("all", 2.0), ("qv", 3.0)):
+        for seed in (0, 1):
+            write_run(tmp_path / str(i), {"lora.targets": targets, "train.seed": seed}, {"eval_loss": loss + 0.01 * seed})
+            i += 1
+    series = series_by_config(collect(tmp_path), "eval_loss")
+    assert set(series) == {"NF4+DQ · all · r64", "NF4+DQ · qv · r64"}
+    [(bits, mean, half, n)] = series["NF4+DQ · all · r64"]
+    assert mean == pytest.approx(2.005) and n == 2 and half < 0.1

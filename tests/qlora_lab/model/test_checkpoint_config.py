@@ -112,3 +112,25 @@ def test_own_folders_train_and_the_record_says_what_was_loaded(tmp_path):
             assert model["bits_per_param"] == pytest.approx(4.13, abs=0.01)
         else:
             assert model["architecture"] == "LlamaForCausalLM" and model["quantized_layers"] == 28
+
+
+def test_peft_says_nothing_of_our_registered_layer():
+    """peft warns of any layer type it does not know; ours is registered with it (lab backend)."""
+    import warnings
+
+    from qlora_lab.config import DTypeConfig, LoraConfig
+    from qlora_lab.model.build import build_model
+    from hydra import compose, initialize_config_dir
+
+    from qlora_lab.config import run_config
+    from qlora_lab.train import CONF_DIR
+
+    tiny_base_dir()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        config = run_config(compose(config_name="config", overrides=["dtype.backend=lab"]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        built = build_model(config.model, DTypeConfig(**{**vars(config.dtype), "compute_dtype": "fp32"}),
+                            LoraConfig(), seed=0, gradient_checkpointing=False)
+    assert built.info.quantized_layers == 28
+    assert not [w for w in caught if "Unsupported layer type" in str(w.message)]
