@@ -383,6 +383,15 @@ class RunConfig:
 GROUPS: dict[str, type] = typing.get_type_hints(RunConfig)  # group name -> its dataclass
 
 
+def resolve_own_model(model: ModelConfig) -> ModelConfig:
+    """The researcher's own checkpoint (`model.path`): name, kind, family and arch read from its
+    config.json, loaded as `source=pretrained`."""
+    from qlora_lab.model.checkpoint_config import own_model_fields
+
+    fields = own_model_fields(model.path)
+    return dataclasses.replace(model, **{**fields, "arch": Arch(**fields["arch"])}, source="pretrained", pretrain=None)
+
+
 def run_config(cfg: Any) -> RunConfig:
     """DictConfig (or plain dict) -> validated RunConfig; the `hydra` node is not the run's."""
     from omegaconf import DictConfig, OmegaConf
@@ -398,9 +407,7 @@ def run_config(cfg: Any) -> RunConfig:
         if name not in tree:
             raise ConfigError(name, NO_VALUE, f"no {name} group chosen")
         groups[name] = build_dataclass(cls, tree[name], name)
-    from qlora_lab.model.checkpoint_config import is_own_model, resolve_own_model
-
-    if is_own_model(groups["model"]):  # `model.path=DIR_OR_HUB_ID`: what it holds, from its config.json
+    if groups["model"].source == "build" and groups["model"].path:  # `model.path=DIR_OR_HUB_ID` on a built base
         groups["model"] = resolve_own_model(groups["model"])
     config = RunConfig(**groups)
     config.validate()

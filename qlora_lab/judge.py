@@ -38,7 +38,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--label", action="append", default=[], metavar="FOLDER=NAME", help="name a run by its folder")
     p.add_argument("--import", dest="import_csv", type=Path,
                    help="add human judgments from a CSV: prompt_id, model_a, model_b, winner[, score_a, score_b]")
-    p.add_argument("--relative-to", metavar="NAME", help="print each model's score as a % of this one's (score mode)")
+    p.add_argument("--relative-to", metavar="NAME", help="print each model's score as a %% of this one's (score mode)")
     return p.parse_args(argv)
 
 

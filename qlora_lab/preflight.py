@@ -166,7 +166,7 @@ def _missing_option(err, overrides: list[str], conf_dir: Path) -> str:
     missing = err.missing_cfg_file or ""
     given = [o.lstrip("+~").split("=", 1) for o in overrides if "=" in o]
     for key, value in given:
-        if missing == f"{key}/{value}" and (conf_dir / key).is_dir():
+        if missing == f"{key}/{value}":
             options = err.options or sorted(p.stem for p in (conf_dir / key).glob("*.yaml"))
             hint = "; to fine-tune your own folder or hub id: model.path=" + value if key == "model" else ""
             return f"{key}={value}: expected one of {', '.join(options)}{hint}"

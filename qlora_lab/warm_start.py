@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import gc
 import importlib
 import logging
@@ -295,7 +296,9 @@ def _child(conn: socket.socket) -> None:
         os.environ[START_ENV] = repr(request["started"])
         _apply_logging(request["logging"])
         _send(conn, {"pid": os.getpid()})
-        threading.Thread(target=_die_with_job, args=(conn,), daemon=True).start()
+        interrupted = threading.Event()
+        signal.signal(signal.SIGINT, functools.partial(_interrupt_once, interrupted))
+        threading.Thread(target=_die_with_job, args=(conn, interrupted), daemon=True).start()
         try:
             answer = ("ok", request["function"](*request["args"]))
         except BaseException as err:  # the job raises it, as if the run had run there
@@ -308,10 +311,21 @@ def _child(conn: socket.socket) -> None:
         os._exit(code)
 
 
-def _die_with_job(conn: socket.socket) -> None:
-    """The job's process went away (or has its answer): so does this child."""
+def _interrupt_once(interrupted: threading.Event, signum, frame) -> None:
+    """Ctrl-C reaches the run once (KeyboardInterrupt); later SIGINTs are ignored."""
+    if not interrupted.is_set():
+        interrupted.set()
+        raise KeyboardInterrupt
+
+
+def _die_with_job(conn: socket.socket, interrupted: threading.Event) -> None:
+    """The job's process went away (or has its answer): so does this child; after Ctrl-C, once
+    the run has had INTERRUPT_GRACE_S to write its record (submitit kills an interrupted job
+    within a second, before a loaded machine may have let the run record its step)."""
     with contextlib.suppress(OSError):
         conn.recv(1)
+    if interrupted.is_set():
+        time.sleep(INTERRUPT_GRACE_S)  # the main thread ends this process first when it is done
     os.kill(os.getpid(), signal.SIGKILL)
 
 

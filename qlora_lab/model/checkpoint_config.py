@@ -8,7 +8,6 @@ the command line is checked, before anything launches.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from functools import lru_cache
@@ -31,27 +30,19 @@ _ARCH_KEYS = {
 DEFAULT_MAX_SEQ_LEN = 2048  # BLOOM (ALiBi) and T5 (relative positions) declare no maximum
 
 
-def is_own_model(model) -> bool:
-    """A `source=build` config given `model.path`: the researcher's checkpoint, not the built base."""
-    return model.source == "build" and bool(model.path)
-
-
-def resolve_own_model(model):
-    """The ModelConfig of what `model.path` really holds: name, kind, family and arch from its
-    config.json; `source=pretrained`. A bad path or an unknown family fails here, in one line."""
-    from qlora_lab.config import Arch
-
-    path = local_path(model.path)
+def own_model_fields(path: str) -> dict:
+    """ModelConfig fields of what `path` really holds: name, path, kind, family and arch (a dict)
+    from its config.json. A bad path or an unknown family fails here, in one line."""
+    path = local_path(path)
     checkpoint = read_checkpoint_config(path)
     model_type = checkpoint.get("model_type")
     if model_type not in MODEL_TYPES:
-        raise ConfigError("model.path", model.path,
+        raise ConfigError("model.path", path,
                           f"its config.json has model_type {model_type!r}; known families: "
                           f"{', '.join(sorted(MODEL_TYPES))}")
     kind, family = MODEL_TYPES[model_type]
-    name = Path(path).name if Path(path).is_dir() else path
-    return dataclasses.replace(model, name=name, path=path, source="pretrained", kind=kind, family=family,
-                               arch=Arch(**arch_from_checkpoint(checkpoint)), pretrain=None)
+    return {"name": Path(path).name if Path(path).is_dir() else path, "path": path, "kind": kind, "family": family,
+            "arch": arch_from_checkpoint(checkpoint)}
 
 
 def local_path(path: str) -> str:

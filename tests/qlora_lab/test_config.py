@@ -42,7 +42,7 @@ BAD = [
     (("train", "optimizer"), "sgd", "train.optimizer=sgd: expected one of paged_adamw_32bit"),
     (("train", "warmup_ratio"), 1.0, "train.warmup_ratio=1.0: expected a number in [0, 1)"),
     (("eval", "n_generate"), -1, "eval.n_generate=-1: expected an integer >= 0"),
-    (("model", "family"), "gpt5", "model.family=gpt5: expected one of bloom, gpt_neox, llama, opt"),
+    (("model", "family"), "gpt5", "model.family=gpt5: expected one of bloom, gpt2, gpt_neox, llama, opt"),
     (("dataset", "path"), "/no/such/file.jsonl", "dataset.path=/no/such/file.jsonl: no such file"),
     (("lora", "modulez"), ["q_proj"], "lora.modulez: unknown key; expected one of r, alpha, dropout, targets"),
     (("train", "warmup_ratoi"), 0.1, "train.warmup_ratoi: unknown key"),

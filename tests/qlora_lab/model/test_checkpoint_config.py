@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import records_under, run_cli, tiny_base_dir
-from qlora_lab.config import ModelConfig
+from qlora_lab.config import ModelConfig, resolve_own_model
 from qlora_lab.config_checks import ConfigError
-from qlora_lab.model.checkpoint_config import resolve_own_model
 
 
 def own(path) -> ModelConfig:
