@@ -44,7 +44,7 @@ def main() -> None:
     from qlora_lab.evaluate import mmlu
     from qlora_lab.model.build import build_model
     from qlora_lab.model.quantize import compute_autocast
-    from qlora_lab.train import CONF_DIR
+    from qlora_lab.sweep import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         config = run_config(compose(config_name="config"))

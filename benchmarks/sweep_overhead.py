@@ -1,24 +1,22 @@
-"""What a sweep costs beyond its runs: the `smoke` sweep launched in one process (basic
-launcher), and as parallel processes (local launcher, hydra-submitit-launcher) with each job
-importing its own libraries (cold) and with the runs forked from the launch's warm server
-(qlora_lab.warm_start), side by side in one run of this script.
+"""What a sweep costs beyond its runs: a sweep launched in one process (basic launcher) and on
+the local pool (`hydra/launcher=local`: hydra-joblib-launcher's reused loky workers), side by
+side in one run of this script.
 
 For each launch: its wall time, the sum of the runs' own times as recorded in that launch (their
-records' `timing.wall_s`: data, model, training, evaluation), and the overhead against the sum of
-the same runs' own times measured one at a time in one process (the basic launch): wall / that
-sum - 1. The local launcher sends out as many jobs at once as the machine's cores hold (2 here,
-one core each), so its runs' recorded times are stretched by sharing memory bandwidth and
-caches and by running on one thread; the basic launch's are not. Start-up
-per run is its process's start to the end of its first step (`timing.process_to_first_step_s`;
-for a run forked from the warm server, its job's process start); in the one-process launch,
-later runs pay only their own (`timing.first_step_s`). The same local launches with one job
-show a run's start-up when it has the machine to itself.
+records' `timing.wall_s`: data, model, training, evaluation), and wall / the sum of the same
+runs' own times measured one at a time in one process (the basic launch). Start-up per run is
+its process's start to the end of its first step (`timing.process_to_first_step_s`; a run that
+is not its process's first counts from its own start, as its libraries are already imported).
+The local pool's runs share the machine (one worker per core, one thread each), so their
+recorded times are stretched; the basic launch's are not.
 
-    python benchmarks/sweep_overhead.py
+    python benchmarks/sweep_overhead.py                 # the smoke sweep (4 runs)
+    python benchmarks/sweep_overhead.py --sweep micro   # the micro-study's 63 runs (about 40 minutes)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -31,28 +29,19 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
+ONE_JOB = ("dtype=nf4", "lora.targets=all")  # the command line's value replaces the smoke file's axis
 
-ONE_JOB = ("dtype=nf4", "lora.targets=all")  # the command line's value replaces the sweep file's axis
 
-
-def launch(launcher: str, sweep_dir: Path, warm: bool = True, only: tuple[str, ...] = ()) -> dict:
-    env = {**os.environ, "QLORA_LAB_WARM_START": "1" if warm else "0"}
+def launch(sweep: str, launcher: str, sweep_dir: Path, only: tuple[str, ...] = ()) -> dict:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "qlora_lab.train", "-m", "+sweep=smoke", f"hydra/launcher={launcher}",
-                    "train.report_to=none", f"hydra.sweep.dir={sweep_dir}", *only], check=True,
-                   capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-m", "qlora_lab.train", "-m", f"+sweep={sweep}",
+                           f"hydra/launcher={launcher}", "train.report_to=none", f"hydra.sweep.dir={sweep_dir}", *only],
+                          capture_output=True, text=True)
     wall = time.perf_counter() - start
     records = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/record.json"))]
-    assert records and all(r["status"] == "ok" for r in records), "a smoke run failed"
-    assert all(r["env"].get("warm_start", False) == (warm and launcher == "local") for r in records)
-    if launcher == "basic":
-        first = min(records, key=lambda r: r["started_at"])
-        startups = [first["timing"]["process_to_first_step_s"]] + \
-            [r["timing"]["first_step_s"] for r in records if r is not first]
-    else:
-        startups = [r["timing"]["process_to_first_step_s"] for r in records]
-    name = launcher if launcher == "basic" else f"local ({'warm' if warm else 'cold'})"
-    name += ", one job" if only else ""
+    assert proc.returncode == 0 and records and all(r["status"] == "ok" for r in records), proc.stderr[-2000:]
+    startups = [r["timing"]["process_to_first_step_s"] for r in records]
+    name = launcher + (", one job" if only else "")
     return {"launch": name, "runs": len(records), "wall_s": round(wall, 1),
             "runs_sum_s": round(sum(r["timing"]["wall_s"] for r in records), 1),
             "startup_median_s": round(statistics.median(startups), 2), "startup_min_s": round(min(startups), 2),
@@ -60,21 +49,23 @@ def launch(launcher: str, sweep_dir: Path, warm: bool = True, only: tuple[str, .
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sweep", default="smoke")
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        launch("basic", Path(tmp) / "warm-up")  # the tiny base and tokenizer built and cached first
-        rows = [launch("basic", Path(tmp) / "basic"), launch("local", Path(tmp) / "cold", warm=False),
-                launch("local", Path(tmp) / "warm"),
-                launch("local", Path(tmp) / "cold-1", warm=False, only=ONE_JOB),
-                launch("local", Path(tmp) / "warm-1", only=ONE_JOB)]
+        launch("smoke", "basic", Path(tmp) / "warm-up", ONE_JOB)  # bases, tokenizers and caches built first
+        rows = [launch(args.sweep, "basic", Path(tmp) / "basic"), launch(args.sweep, "local", Path(tmp) / "local")]
+        if args.sweep == "smoke":
+            rows.append(launch(args.sweep, "local", Path(tmp) / "local-1", only=ONE_JOB))
     alone = rows[0]["runs_sum_s"]
-    print("| launch | runs | wall | runs' own (sum, as recorded) | overhead vs runs' own alone | "
+    print("| launch | runs | wall | runs' own (sum, as recorded) | wall / runs' own one at a time | "
           "start-up per run (median / min / max) |")
     print("|---|---:|---:|---:|---:|---|")
     for row in rows:
-        row["overhead"] = round(row["wall_s"] / alone - 1, 3) if row["runs"] == rows[0]["runs"] else None
+        row["wall_over_alone"] = round(row["wall_s"] / alone, 3) if row["runs"] == rows[0]["runs"] else None
         print(f"| {row['launch']} | {row['runs']} | {row['wall_s']} s | {row['runs_sum_s']} s | "
-              f"{'-' if row['overhead'] is None else format(row['overhead'], '+.1%')} | {row['startup_median_s']} / {row['startup_min_s']} / "
-              f"{row['startup_max_s']} s |")
+              f"{'-' if row['wall_over_alone'] is None else format(row['wall_over_alone'], '.3f')} | "
+              f"{row['startup_median_s']} / {row['startup_min_s']} / {row['startup_max_s']} s |")
     for row in rows:
         print(json.dumps(row))
 

@@ -30,7 +30,7 @@ def training_examples(n: int) -> tuple[str, list[dict]]:
     from qlora_lab.data.load import load_splits
     from qlora_lab.data.tokens import encode_pairs
     from qlora_lab.model.build import load_tokenizer, model_path
-    from qlora_lab.train import CONF_DIR
+    from qlora_lab.sweep import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         config = run_config(compose(config_name="config"))

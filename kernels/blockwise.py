@@ -8,70 +8,16 @@ packs to the same bytes and dequantizes to the same values.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
 
 from qlora_kernels import native, packing
 from qlora_kernels.codebooks import Codebook, codebook, nearest_codes, sorted_codes
-from qlora_kernels.double_quant import NestedState, dequantize_absmax, quantize_absmax
+from qlora_kernels.double_quant import quantize_absmax
+from qlora_kernels.quant_state import QuantState
 
 MIN_BLOCKSIZE, MAX_BLOCKSIZE = 32, 4096
-
-
-@dataclass(frozen=True)
-class QuantState:
-    """A quantized tensor: packed codes + block constants + what is needed to undo it."""
-
-    packed: torch.Tensor  # uint8, bitsandbytes' layout for 4 bits (first code in the high nibble)
-    absmax: torch.Tensor | None  # float32 per block (None under double quantization)
-    nested: NestedState | None  # the quantized absmax under double quantization
-    shape: torch.Size
-    dtype: torch.dtype
-    blocksize: int
-    codebook: Codebook = field(repr=False)
-
-    @property
-    def numel(self) -> int:
-        return self.shape.numel()
-
-    @property
-    def stored_bits(self) -> int:
-        """Codes (a short last byte counts whole) + block constants (+ their constants)."""
-        constants = self.nested.stored_bits if self.nested is not None else self.absmax.numel() * 32
-        return self.packed.numel() * 8 + constants
-
-    @property
-    def bits_per_param(self) -> float:
-        return self.stored_bits / self.numel
-
-    def block_absmax(self) -> torch.Tensor:
-        return dequantize_absmax(self.nested) if self.nested is not None else self.absmax
-
-    def to_dict(self) -> dict:
-        """Tensors and plain values only: what a state_dict can hold."""
-        out = {"packed": self.packed, "shape": torch.tensor(list(self.shape)), "blocksize": self.blocksize,
-               "dtype": str(self.dtype).removeprefix("torch."), "codebook": self.codebook.name,
-               "codebook_values": self.codebook.tensor()}
-        if self.nested is None:
-            out["absmax"] = self.absmax
-        else:
-            out.update(nested_codes=self.nested.codes, nested_absmax=self.nested.absmax,
-                       nested_offset=torch.tensor(self.nested.offset, dtype=torch.float32),
-                       nested_code=self.nested.code)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict) -> QuantState:
-        book = Codebook(data["codebook"], tuple(data["codebook_values"].tolist()))
-        nested = None
-        if "nested_codes" in data:
-            nested = NestedState(codes=data["nested_codes"], absmax=data["nested_absmax"],
-                                 offset=float(data["nested_offset"]), code=data["nested_code"])
-        return cls(packed=data["packed"], absmax=data.get("absmax"), nested=nested,
-                   shape=torch.Size(data["shape"].tolist()), dtype=getattr(torch, data["dtype"]),
-                   blocksize=int(data["blocksize"]), codebook=book)
 
 
 def check_blocksize(blocksize: int) -> None:

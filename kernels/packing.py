@@ -16,11 +16,6 @@ def group(bits: int) -> tuple[int, int]:
     return codes, codes * bits // 8
 
 
-def packed_bytes(n: int, bits: int) -> int:
-    codes, nbytes = group(bits)
-    return -(-n // codes) * nbytes
-
-
 def pack(codes: torch.Tensor, bits: int, pad_code: int) -> torch.Tensor:
     """Flat integer codes -> uint8 bytes; a short last group is filled with `pad_code`."""
     per_group, nbytes = group(bits)

@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from qlora_kernels.blockwise import QuantState
+from qlora_kernels.quant_state import QuantState
 
 BLOCK = 1024
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ class FitResult:
     measure_s: float = 0.0  # of the wall time, spent opening and reading the CPU peak's profiler (not in train_s)
 
 
+UNUSED_SAVE_STEPS = 500  # save_steps=0 means no checkpoints (save_strategy "no"); TrainingArguments still wants a positive value
 PEAK_WINDOW_STEPS = 5  # CPU: torch's profiler watches the first steps (optimizer state included)
 
 
@@ -66,7 +66,7 @@ def training_arguments(cfg: TrainConfig, compute_dtype: str, out_dir: Path, run_
         fp16=compute_dtype == "fp16",
         use_cpu=not torch.cuda.is_available(),
         save_strategy="steps" if cfg.save_steps else "no",
-        save_steps=cfg.save_steps or 500,
+        save_steps=cfg.save_steps or UNUSED_SAVE_STEPS,
         logging_steps=1,
         seed=cfg.seed,
         data_seed=cfg.seed,
@@ -185,14 +185,9 @@ def _tensor_peak_callback():
 
 
 def process_start_time() -> float:
-    """Unix time this job's process started (for start-up cost: imports, compose, load, first
-    step); a run forked by the warm server counts from its job's process, not from the fork."""
+    """Unix time this process started (for start-up cost: imports, compose, load, first step)."""
     import psutil
 
-    from qlora_lab.warm_start import START_ENV
-
-    if os.environ.get(START_ENV):
-        return float(os.environ[START_ENV])
     return psutil.Process().create_time()
 
 

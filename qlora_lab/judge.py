@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qlora_lab.judging.relative_score import relative_scores
+    from qlora_analysis.relative_score import relative_scores
     from qlora_lab.judging.runs import pair_tasks, read_runs
 
     if not args.dir.is_dir():

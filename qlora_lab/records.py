@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import platform
 import subprocess
 from dataclasses import dataclass, field
@@ -79,10 +78,7 @@ def read_record(path: Path) -> Record:
 
 
 def environment(device: str) -> dict:
-    """What produced the numbers: library versions, device, the code's git commit, and whether
-    the run was forked from a warm server (qlora_lab.warm_start) or imported its own libraries."""
-    from qlora_lab.warm_start import START_ENV
-
+    """What produced the numbers: library versions, device, the code's git commit."""
     versions = {}
     for package in ("torch", "transformers", "peft", "bitsandbytes", "qlora-lab"):
         try:
@@ -90,7 +86,7 @@ def environment(device: str) -> dict:
         except metadata.PackageNotFoundError:
             versions[package.replace("-", "_")] = None
     return {**versions, "python": platform.python_version(), "device": device, "git_sha": _git(["rev-parse", "HEAD"]),
-            "git_dirty": _git_dirty(), "warm_start": bool(os.environ.get(START_ENV))}
+            "git_dirty": _git_dirty()}
 
 
 def _git(args: list[str]) -> str | None:

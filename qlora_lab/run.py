@@ -12,6 +12,7 @@ import math
 import os
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 from qlora_lab.cache import file_lock
@@ -22,14 +23,18 @@ from qlora_lab.records import Record, environment, run_id, utc_now, write_record
 log = logging.getLogger("qlora_lab")
 
 
-LAUNCH_ENV = "QLORA_LAB_LAUNCH"  # set by the launching process; jobs stamp their folder with it
-LAUNCH_STAMPS = ".launches"  # one line per launch that ran (or reused) this folder
+@dataclass
+class Outcome:
+    """What one run returns: its record, and whether that record was already in the folder (an
+    ok record of this very config, reused as it is)."""
+
+    record: Record
+    reused: bool = False
 
 
-def run_task(cfg, run_dir: Path, overrides: list[str]) -> Record:
+def run_task(cfg, run_dir: Path, overrides: list[str]) -> Outcome:
     """A composed DictConfig -> a record; a bad config leaves a failed record too."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    stamp(run_dir, "started")
     try:
         config = run_config(cfg)
     except ConfigError as err:
@@ -37,27 +42,21 @@ def run_task(cfg, run_dir: Path, overrides: list[str]) -> Record:
                         finished_at=utc_now())
         write_record(run_dir, record)
         log.error("run %s failed: %s", run_dir, err)
-        return record
-    from qlora_lab.warm_start import call
-
-    return call(run, config, run_dir, overrides)  # in a warm server's child on the local launcher
+        return Outcome(record)
+    return run(config, run_dir, overrides)
 
 
-def run(config: RunConfig, run_dir: Path, overrides: list[str]) -> Record:
+def run(config: RunConfig, run_dir: Path, overrides: list[str]) -> Outcome:
     """Train, evaluate, record; a folder that already holds an ok record of this very config
     is reused as it is (a relaunched sweep redoes only failed and unfinished runs)."""
-    from qlora_lab.job_threads import apply_job_threads
-
-    apply_job_threads()
     config = with_native_compute(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     with file_lock(run_dir / ".lock"):  # two launches of one sweep at once: the second waits, then reuses
         done = _reusable(run_dir, run_id(config.to_dict()))
         if done is not None:
             log.info("run %s: reusing its ok record (run_id %s)", run_dir, done.run_id)
-            stamp(run_dir, "reused")
-            return done
-        return _run(config, run_dir, overrides)
+            return Outcome(done, reused=True)
+        return Outcome(_run(config, run_dir, overrides))
 
 
 def with_native_compute(config: RunConfig) -> RunConfig:
@@ -69,12 +68,6 @@ def with_native_compute(config: RunConfig) -> RunConfig:
     if config.dtype.compute_dtype != "auto":
         return config
     return dataclasses.replace(config, dtype=dataclasses.replace(config.dtype, compute_dtype=native_compute_dtype()))
-
-
-def stamp(run_dir: Path, what: str) -> None:
-    """'<launch id> started|reused', appended: concurrent launches each keep their lines."""
-    with open(run_dir / LAUNCH_STAMPS, "a", encoding="utf-8") as stamps:
-        stamps.write(f"{os.environ.get(LAUNCH_ENV, '')} {what}\n")
 
 
 def _reusable(run_dir: Path, wanted: str) -> Record | None:
@@ -143,6 +136,7 @@ def _train_and_evaluate(config: RunConfig, run_dir: Path, record: Record, start:
     from qlora_lab.model.build import adapter_dir, build_model, full_model_dir
 
     record.env = environment("cuda:" + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
+    record.env["warm_start"] = _RUNS_IN_PROCESS["n"] > 1  # libraries imported by an earlier run of this process
     splits = load_splits(config.dataset)  # bad data fails here, before any model is loaded
     record.data = {"name": config.dataset.name, "fingerprint": splits.fingerprint,
                    "n_train": len(splits.train), "n_eval": len(splits.eval), "eval_split": splits.eval_split}

@@ -13,7 +13,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from qlora_lab.sweep import CONF_DIR
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -21,20 +21,25 @@ def task(cfg: DictConfig) -> float:
     """One run. Returns its `eval.objective` metric for search sweepers (hydra/sweeper=optuna);
     NaN for a failed run, which optuna records as a failed trial."""
     from qlora_lab.run import run_task
+    from qlora_lab.sweep.summary import stamp_reused
 
     runtime = HydraConfig.get()
-    record = run_task(cfg, Path(runtime.runtime.output_dir), list(runtime.overrides.task))
+    outcome = run_task(cfg, Path(runtime.runtime.output_dir), list(runtime.overrides.task))
+    if outcome.reused:
+        stamp_reused(Path(runtime.runtime.output_dir))
+    record = outcome.record
     value = record.metrics.get(cfg.eval.objective) if record.status == "ok" else None
     return float(value) if isinstance(value, (int, float)) else float("nan")
 
 
 def main() -> None:
-    from qlora_lab import launchers, sweep_summary
-    from qlora_lab.preflight import check_command_line
-    from qlora_lab.sweep_files import register_sweep_files
+    from qlora_lab.launch.submitit_launchers import register
+    from qlora_lab.sweep import summary as sweep_summary
+    from qlora_lab.sweep.files import register_sweep_files
+    from qlora_lab.sweep.preflight import check_command_line
 
     register_sweep_files()
-    launchers.register()
+    register()
     problem = check_command_line(sys.argv[1:], CONF_DIR)
     if problem:
         print(f"error: {problem}", file=sys.stderr)

@@ -65,7 +65,7 @@ def tiny_base_dir() -> Path:
 
     from qlora_lab.config import run_config
     from qlora_lab.model.tiny import built_model_dir
-    from qlora_lab.train import CONF_DIR
+    from qlora_lab.sweep import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         config = run_config(compose(config_name="config"))

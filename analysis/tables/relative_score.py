@@ -11,7 +11,7 @@ from qlora_analysis.tables import Table, table
 def relative_score(runs, judgments):
     """A judge's 1-10 scores only (`--mode score`; the offline reference judge's RougeL against
     reference answers is not such a score); the reference is the model judged most often."""
-    from qlora_lab.judging.relative_score import relative_scores
+    from qlora_analysis.relative_score import relative_scores
 
     if judgments.empty or "score_a" not in judgments:
         return None

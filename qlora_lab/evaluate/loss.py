@@ -8,6 +8,8 @@ import torch
 
 from qlora_lab.data.tokens import IGNORE_INDEX, PadCollator
 
+PPL_LOSS_CAP = 50.0  # a diverged run's perplexity stays a finite, readable number (e^50) instead of inf
+
 
 @torch.no_grad()
 def heldout_loss(model, examples: list[dict], pad_token_id: int, batch_size: int) -> tuple[float, float]:
@@ -33,7 +35,7 @@ def heldout_loss(model, examples: list[dict], pad_token_id: int, batch_size: int
         count += int((labels != IGNORE_INDEX).sum())
     model.train(was_training)
     loss = total / max(count, 1)
-    return loss, math.exp(min(loss, 50.0))
+    return loss, math.exp(min(loss, PPL_LOSS_CAP))
 
 
 def _encoder_decoder(model) -> bool:

@@ -155,29 +155,6 @@ def prepare_base(base: torch.nn.Module, dtype: DTypeConfig, gradient_checkpointi
                                            gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def load_with_adapter(model_cfg: ModelConfig, dtype: DTypeConfig, adapter: Path,
-                      num_labels: int | None = None) -> BuiltModel:
-    """A freshly quantized base with a saved adapter on top, prepared as in training."""
-    from peft import PeftModel
-
-    path = model_path(model_cfg)
-    base = to_compute_dtype(load_base(path, dtype, model_cfg.kind, num_labels), dtype)
-    base = prepare_base(base, dtype, gradient_checkpointing=False)
-    if dtype.backend == "lab":
-        from peft import PeftConfig
-
-        from qlora_lab.model.lab_backend import register_with_peft
-
-        saved = PeftConfig.from_pretrained(str(adapter))
-        register_with_peft(saved)
-        model = PeftModel.from_pretrained(base, str(adapter), config=saved)
-    else:
-        model = PeftModel.from_pretrained(base, str(adapter))
-    info = ModelInfo(name=model_cfg.name, path=path, n_params=_logical_params(base), n_trainable=0,
-                     bits_per_param=float("nan"), quantized_layers=_quantized_layers(base))
-    return BuiltModel(model=model, tokenizer=load_tokenizer(path), info=info)
-
-
 def _logical_params(model: torch.nn.Module) -> int:
     """Parameters, a 4-bit weight counting once; a QuantLinear's weight lives in buffers."""
     total = 0

@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from qlora_lab.config import ConfigError, run_config
-from qlora_lab.train import CONF_DIR
+from qlora_lab.sweep import CONF_DIR
 
 
 @pytest.fixture(scope="module")

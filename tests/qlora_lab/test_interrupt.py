@@ -54,6 +54,6 @@ def test_ctrl_c_in_process(tmp_path: Path):
 def test_ctrl_c_on_the_local_launcher_stops_each_job_with_one_line(tmp_path: Path):
     tiny_base_dir()
     sweep = tmp_path / "sweep"
-    proc = interrupt_after_checkpoints(["-m", "dtype=nf4,fp4", "hydra/launcher=local", "hydra.launcher.cpus_per_task=1",
+    proc = interrupt_after_checkpoints(["-m", "dtype=nf4,fp4", "hydra/launcher=local", "hydra.launcher.n_jobs=2",
                                         *LONG, f"hydra.sweep.dir={sweep}"], [sweep / "0", sweep / "1"], tmp_path)
     assert_interrupted(proc, [sweep / "0", sweep / "1"])

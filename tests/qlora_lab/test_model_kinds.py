@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from conftest import FIXTURES, records_under, run_cli
 from qlora_lab.config import ConfigError, run_config
-from qlora_lab.train import CONF_DIR
+from qlora_lab.sweep import CONF_DIR
 
 DATA = FIXTURES / "datasets"
 SST2 = [f"dataset.path={DATA / 'glue_sst2.jsonl'}", "dataset.n_eval=32"]

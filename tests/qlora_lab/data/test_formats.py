@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from conftest import FIXTURES
 from qlora_lab.config import run_config
 from qlora_lab.data.load import DataError, load_splits
-from qlora_lab.train import CONF_DIR
+from qlora_lab.sweep import CONF_DIR
 
 DATA = FIXTURES / "datasets"
 ALPACA_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately completes "

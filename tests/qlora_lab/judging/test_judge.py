@@ -15,7 +15,7 @@ import pytest
 
 from qlora_lab.judge import main
 from qlora_lab.judging.verdicts import Unparseable, parse_verdict
-from qlora_lab.judging.relative_score import relative_scores
+from qlora_analysis.relative_score import relative_scores
 from qlora_lab.records import Record, write_record
 
 KEY = "sk-test-secret-123"

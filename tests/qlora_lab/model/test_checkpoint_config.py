@@ -122,7 +122,7 @@ def test_peft_says_nothing_of_our_registered_layer():
     from hydra import compose, initialize_config_dir
 
     from qlora_lab.config import run_config
-    from qlora_lab.train import CONF_DIR
+    from qlora_lab.sweep import CONF_DIR
 
     tiny_base_dir()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

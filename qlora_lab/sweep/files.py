@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SWEEPS_DIR = Path(__file__).resolve().parents[1] / "sweeps"
+SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"
 
 
 def register_sweep_files(folder: Path = SWEEPS_DIR) -> list[str]:

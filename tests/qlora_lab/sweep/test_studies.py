@@ -13,7 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import FIXTURES, REPO, records_under, run_cli
-from qlora_lab.sweep_files import SWEEPS_DIR, paper_studies
+from qlora_lab.sweep.files import SWEEPS_DIR, paper_studies
 
 STUDIES = {"ptq_perplexity", "sni_t5", "glue_roberta", "mmlu_dtypes", "datasets", "lora_targets", "zero_shot_bits",
            "guanaco", "hparam_search"}
@@ -45,8 +45,8 @@ def test_per_size_settings_resolve_as_the_paper_set_them():
     from hydra import compose, initialize_config_dir
 
     from qlora_lab.config import run_config
-    from qlora_lab.sweep_files import register_sweep_files
-    from qlora_lab.train import CONF_DIR
+    from qlora_lab.sweep.files import register_sweep_files
+    from qlora_lab.sweep import CONF_DIR
 
     register_sweep_files()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -69,9 +69,9 @@ BAD_STUDIES = [  # (what the file says, what is wrong with it)
 
 @pytest.mark.parametrize("axis,message", BAD_STUDIES, ids=[b[1].split(":")[0] for b in BAD_STUDIES])
 def test_a_study_naming_what_does_not_exist_fails_at_plan_time_with_file_key_and_allowed(tmp_path, axis, message):
-    from qlora_lab.preflight import check_command_line
-    from qlora_lab.sweep_files import register_sweep_files
-    from qlora_lab.train import CONF_DIR
+    from qlora_lab.sweep.preflight import check_command_line
+    from qlora_lab.sweep.files import register_sweep_files
+    from qlora_lab.sweep import CONF_DIR
 
     (tmp_path / "zz_bad_study.yaml").write_text(f"# @package _global_\nhydra:\n  sweeper:\n    params:\n{axis}\n")
     register_sweep_files(tmp_path)

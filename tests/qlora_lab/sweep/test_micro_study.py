@@ -10,6 +10,8 @@ import json
 import subprocess
 import sys
 
+import yaml
+
 from conftest import REPO, records_under
 from qlora_lab.data.stdlib import stdlib_root
 from qlora_lab.data.stdlib_mc import SUBJECTS, stdlib_mmlu_dir
@@ -66,7 +68,8 @@ def test_micro_study_in_miniature_runs_judges_analyses_and_times_itself(tmp_path
         metrics = record["metrics"]
         assert metrics["base_ppl"] > 1 and metrics["base_ppl_tokens"] > 1000 and "ppl_on" in metrics
         assert metrics["mmlu_n_questions"] == 120 and 0 <= metrics["mmlu_acc"] <= 1 and "rougeL" in metrics
-    assert list((sweep / ".submitit").iterdir())  # the local launcher ran them
+    hydra_cfg = yaml.safe_load((sweep / "0" / ".hydra" / "hydra.yaml").read_text())
+    assert hydra_cfg["hydra"]["launcher"]["_target_"] == "hydra_plugins.qlora_lab.LocalPool"  # the local pool ran them
     judged = [json.loads(line) for line in (sweep / "judgments.jsonl").read_text().splitlines()]
     assert len(judged) == 3 * 2  # 3 held-out answers, one pair, both orders
     report = (out / "report.md").read_text()

@@ -1,4 +1,4 @@
-"""hydra-submitit-launcher's launchers, asking each job for what its own model needs.
+"""hydra-submitit-launcher's SLURM launcher, asking each job for what its own model needs.
 
 The plugin resolves the launcher config once per sweep, so a sweep over model sizes would ask
 every job for the first size's GPUs and time. These subclasses resolve the launcher config
@@ -14,14 +14,13 @@ registry under PLUGIN_PREFIX (the classes keep this module's name, so jobs unpic
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
@@ -41,20 +40,6 @@ def resources_per_job(launcher, job_overrides: Sequence[Sequence[str]]) -> list[
     return wanted
 
 
-def core_waves(cpus_per_job: list[int], cores: int) -> list[list[int]]:
-    """Consecutive jobs packed into waves whose cores add up to at most `cores` (a job that
-    asks for more goes alone)."""
-    waves: list[list[int]] = []
-    used = cores
-    for idx, cpus in enumerate(cpus_per_job):
-        if used + cpus > cores:
-            waves.append([])
-            used = 0
-        waves[-1].append(idx)
-        used += cpus
-    return waves
-
-
 class _PerJobResources:
     """`launch` of BaseSubmititLauncher, with one executor per distinct job resources."""
 
@@ -65,25 +50,8 @@ class _PerJobResources:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {sweep_dir}")
 
-        self._before_submit()
-        results: list[JobReturn] = []
-        broken: Exception | None = None
-        for wave in self._waves(per_job):  # a job that broke (no result) does not stop the next waves
-            returns, error = self._submit_and_wait(job_overrides, per_job, wave, initial_job_idx)
-            results += returns
-            broken = broken or error
-        if broken is not None:
-            raise broken
-        return results
-
-    def _waves(self, per_job: list[dict[str, Any]]) -> list[list[int]]:
-        """Which jobs go out together: a cluster's scheduler queues them all at once."""
-        return [list(range(len(per_job)))]
-
-    def _submit_and_wait(self, job_overrides: Sequence[Sequence[str]], per_job: list[dict[str, Any]],
-                         wave: list[int], initial_job_idx: int) -> tuple[list[JobReturn], Exception | None]:
         groups: dict[tuple, list[int]] = {}
-        for idx in wave:
+        for idx in range(len(per_job)):
             groups.setdefault(tuple(sorted(per_job[idx].items())), []).append(idx)
         jobs: dict[int, Any] = {}
         for key, members in groups.items():
@@ -98,15 +66,14 @@ class _PerJobResources:
             for idx, job in zip(members, executor.map_array(self, *zip(*job_params))):
                 jobs[idx] = job
         returns, error = [], None
-        for idx in wave:  # every job of the wave ends before the next wave starts
+        for idx in range(len(per_job)):  # a job that broke (no result) does not stop the wait for the others
             try:
                 returns.append(jobs[idx].results()[0])
             except Exception as err:  # submitit's: the job died without a result
                 error = error or err
-        return returns, error
-
-    def _before_submit(self) -> None:
-        """Called once the jobs' resources are known, just before they are submitted."""
+        if error is not None:
+            raise error
+        return returns
 
     def _executor(self, resources: dict[str, Any]):
         import submitit
@@ -127,44 +94,6 @@ class ResourceAwareSlurmLauncher(_PerJobResources, SlurmLauncher):
     """`hydra/launcher=slurm`: submitit_slurm, resources from each job's model config."""
 
 
-class ResourceAwareLocalLauncher(_PerJobResources, LocalLauncher):
-    """`hydra/launcher=local`: submitit_local, resources from each job's model config; the
-    jobs' runs fork from one warm server that imported the libraries once (qlora_lab.warm_start)."""
-
-    _warm = None
-
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from qlora_lab.warm_start import shared_server
-
-        self._warm = shared_server()  # its imports overlap the composing of each job's resources
-        return super().launch(job_overrides, initial_job_idx)
-
-    def _before_submit(self) -> None:
-        if self._warm is not None:
-            self._warm.ready()  # no job waits on the imports inside its own time limit
-
-    def _waves(self, per_job: list[dict[str, Any]]) -> list[list[int]]:
-        """submitit's local executor starts whatever it is given at once: give it as many jobs as
-        the machine's cores hold (each asks for `cpus_per_task`), and the next ones when they end."""
-        return core_waves([int(r.get("cpus_per_task") or 1) for r in per_job], len(os.sched_getaffinity(0)))
-
-    def _executor(self, resources: dict[str, Any]):
-        """submitit's local controller (one per job) shares the launch's terminal: on Ctrl-C it
-        prints a traceback of its own wait loop, one per job, interleaved. Its stderr goes to a
-        file in the submitit folder instead (the jobs' own output is in their log files anyway)."""
-        import shlex
-
-        executor = super()._executor(resources)
-        folder = Path(str(self.params["submitit_folder"]).replace("%j", "job")).parent
-        folder.mkdir(parents=True, exist_ok=True)
-        executor.update_parameters(local_setup=[f"exec 2>>{shlex.quote(str(folder / 'controllers.err'))}"])
-        return executor
-
-    def __getstate__(self) -> dict:
-        """Each job gets this launcher pickled: without the launch's server process."""
-        return {key: value for key, value in self.__dict__.items() if key != "_warm"}
-
-
 PLUGIN_PREFIX = "hydra_plugins.qlora_lab."  # the `_target_` prefix in conf/hydra/launcher/*.yaml
 
 
@@ -172,6 +101,8 @@ def register() -> None:
     """Make `hydra/launcher=local|slurm` instantiable in this process (before Hydra runs)."""
     from hydra.core.plugins import Plugins
 
+    from qlora_lab.launch.local import LocalPool
+
     registry = Plugins.instance().class_name_to_class
-    for launcher in (ResourceAwareSlurmLauncher, ResourceAwareLocalLauncher):
+    for launcher in (ResourceAwareSlurmLauncher, LocalPool):
         registry[PLUGIN_PREFIX + launcher.__name__] = launcher

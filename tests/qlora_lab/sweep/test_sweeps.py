@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from conftest import records_under, run_cli
-from qlora_lab.preflight import check_command_line
-from qlora_lab.sweep_files import register_sweep_files
-from qlora_lab.train import CONF_DIR
+from qlora_lab.sweep.preflight import check_command_line
+from qlora_lab.sweep.files import register_sweep_files
+from qlora_lab.sweep import CONF_DIR
 
 FAST = ["train.max_steps=2", "eval.n_generate=0", "eval.loss=false", "train.report_to=none"]
 
@@ -80,13 +80,3 @@ def test_optuna_searches_any_sweep_and_gets_each_runs_objective(tmp_path: Path):
         assert 1e-4 <= record["config"]["train"]["learning_rate"] <= 1e-3
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["best_value"] == pytest.approx(min(r["metrics"]["eval_loss"] for r in records.values()))
-
-
-def test_local_jobs_go_out_in_waves_that_fit_the_cores():
-    from qlora_lab.launchers import core_waves
-
-    assert core_waves([1, 1, 1, 1], cores=2) == [[0, 1], [2, 3]]
-    assert core_waves([1, 1, 1], cores=2) == [[0, 1], [2]]
-    assert core_waves([2, 1, 1, 4, 1], cores=2) == [[0], [1, 2], [3], [4]]  # one asking for more goes alone
-    assert core_waves([1] * 5, cores=16) == [[0, 1, 2, 3, 4]]
-    assert core_waves([], cores=2) == []

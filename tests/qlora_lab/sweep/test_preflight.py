@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import run_cli
-from qlora_lab.preflight import check_command_line
-from qlora_lab.train import CONF_DIR
+from qlora_lab.sweep.preflight import check_command_line
+from qlora_lab.sweep import CONF_DIR
 
 CASES = [
     (["eval.sampling=beam"], "eval.sampling=beam: expected one of greedy, paper"),

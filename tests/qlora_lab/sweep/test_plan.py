@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from conftest import run_cli, tiny_base_dir
 from qlora_lab.config import run_config
 from qlora_lab.memory_estimate import estimate_memory
-from qlora_lab.train import CONF_DIR
+from qlora_lab.sweep import CONF_DIR
 
 
 def run_plan(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -14,18 +14,26 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from qlora_lab.records import RECORD_NAME, Record, read_record
-from qlora_lab.run import LAUNCH_ENV, LAUNCH_STAMPS
+
+LAUNCH_ENV = "QLORA_LAB_LAUNCH"  # set by the launching process; every job's process inherits it
+LAUNCH_STAMPS = ".launches"  # one line per launch that ran (or reused) a run folder
 
 _launch = {"id": None, "failed": [], "folder": None, "multirun": False}
 
 
 def _start_launch(folder: Path, multirun: bool) -> None:
-    """A fresh launch id, inherited by every job (in-process or spawned by submitit)."""
+    """A fresh launch id, inherited by every job (in process, a local worker or a cluster job)."""
     _launch.update(id=f"{time.time():.6f}-{os.getpid()}", failed=[], folder=folder, multirun=multirun)
     os.environ[LAUNCH_ENV] = _launch["id"]
 
 
 class SweepSummary(Callback):
+    def on_job_start(self, config: Any, **kwargs: Any) -> None:
+        """In the job's own process, before its run: stamp its folder with this launch, so the
+        summary finds the runs of this launch among a shared sweep folder's (the run itself
+        knows nothing of launches)."""
+        _stamp(Path(config.hydra.runtime.output_dir), "started")
+
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
         _start_launch(Path(config.hydra.run.dir), multirun=False)
 
@@ -37,6 +45,17 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         _report(_launched_run_dirs())
+
+
+def stamp_reused(run_dir: Path) -> None:
+    """The job found its folder's ok record and kept it (said by the entry's task, in the job)."""
+    _stamp(run_dir, "reused")
+
+
+def _stamp(run_dir: Path, what: str) -> None:
+    """'<launch id> started|reused', appended: concurrent launches each keep their lines."""
+    with open(run_dir / LAUNCH_STAMPS, "a", encoding="utf-8") as stamps:
+        stamps.write(f"{os.environ.get(LAUNCH_ENV, '')} {what}\n")
 
 
 def _launched_run_dirs() -> list[Path]:

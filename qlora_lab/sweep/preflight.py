@@ -36,12 +36,12 @@ def check_command_line(argv: list[str], conf_dir: Path) -> str | None:
                     f"to fine-tune your own folder or hub id: model.path=FOLDER_OR_HUB_ID")
     from hydra import compose, initialize_config_dir
 
-    from qlora_lab.plan import CachedComposer
+    from qlora_lab.sweep.compose import CachedComposer, file_axes_in_context
 
     # one Hydra context for every check, and one composition per distinct set of group choices
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
         composer = CachedComposer(conf_dir, compose)
-        file_axes = _sweep_file_axes(args.overrides, compose)
+        file_axes = file_axes_in_context(args.overrides, compose)
         axes = []
         for override in parsed + file_axes:
             if override.is_sweep_override():
@@ -115,33 +115,6 @@ def _values(override) -> list[str]:
         return list(override.sweep_string_iterator())
     except Exception:  # a glob: Hydra expands it against the config
         return []
-
-
-def sweep_file_axes(overrides: list[str], conf_dir: Path) -> list:
-    """The axes a sweep file (`+sweep=NAME`) declares in hydra.sweeper.params, so that its
-    values are checked like the command line's (the command line's own value wins)."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-        return _sweep_file_axes(overrides, compose)
-
-
-def _sweep_file_axes(overrides: list[str], compose) -> list:
-    """sweep_file_axes inside an initialized Hydra context."""
-    if not any(o.lstrip("+").startswith("sweep=") for o in overrides):
-        return []
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    from qlora_lab.sweep_files import sweep_params
-
-    try:
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-    except HydraException:
-        return []  # the per-value checks below name the problem
-    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
-    declared = [p for p in sweep_params(cfg) if p.split("=", 1)[0].lstrip("+~") not in given]
-    return OverridesParser.create().parse_overrides(declared)
 
 
 def _check_one(overrides: list[str], conf_dir: Path, composer) -> str | None:

@@ -1,0 +1,88 @@
+"""`python -m qlora_lab.micro_study` (`make micro-study`): the whole micro-study, offline.
+
+Builds (or reuses) the `micro` base, runs `sweeps/micro.yaml` on the local launcher, judges the
+runs' answers with the offline reference judge, and writes the report with `qlora_analysis`,
+timing each phase; the time split is appended to the report. Each phase is the project's own
+command, run as a user would run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(*args: str) -> None:
+    print("$", " ".join(args), flush=True)
+    subprocess.run([sys.executable, *args], check=True, cwd=REPO, env=os.environ.copy())
+
+
+def build_base() -> Path:
+    from hydra import compose, initialize_config_dir
+
+    from qlora_lab.config import run_config
+    from qlora_lab.model.tiny import built_model_dir
+    from qlora_lab.sweep import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        config = run_config(compose(config_name="config", overrides=["model=micro"]))
+    return built_model_dir(config.model)
+
+
+def run_times(sweep_dir: Path) -> dict[str, float]:
+    """Seconds the runs spent training and evaluating, summed over runs (they overlap in time)."""
+    records = [json.loads(p.read_text()) for p in sweep_dir.glob("*/record.json")]
+    total = lambda key: round(sum(r.get("timing", {}).get(key) or 0.0 for r in records), 1)
+    return {"runs": len(records), "ok": sum(r["status"] == "ok" for r in records),
+            "train_s_summed": total("train_s"), "eval_s_summed": total("eval_s"), "load_s_summed": total("load_s")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sweep-dir", type=Path, default=REPO / "multirun" / "micro-study")
+    parser.add_argument("--out", type=Path, default=REPO / "reports" / "micro-study")
+    parser.add_argument("overrides", nargs="*", help="extra overrides for the sweep (e.g. train.seed=0)")
+    args = parser.parse_args()
+    phases: dict[str, float] = {}
+
+    start = time.perf_counter()
+    print(f"base: {build_base()}", flush=True)
+    phases["pretraining (base build, or cache hit)"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    _run("-m", "qlora_lab.train", "-m", "+sweep=micro", "hydra/launcher=local", f"hydra.sweep.dir={args.sweep_dir}",
+         *args.overrides)
+    phases["sweep: fine-tuning + evaluation (wall)"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    _run("-m", "qlora_lab.judge", str(args.sweep_dir))
+    phases["judging (reference judge)"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    _run("-m", "qlora_analysis", str(args.sweep_dir), "--out", str(args.out))
+    phases["analysis (qlora_analysis)"] = time.perf_counter() - start
+
+    summed = run_times(args.sweep_dir)
+    total = sum(phases.values())
+    lines = ["", "## Time", "", "| phase | seconds |", "|---|---:|"]
+    lines += [f"| {name} | {seconds:.1f} |" for name, seconds in phases.items()]
+    lines += [f"| **total** | **{total:.1f}** |", "",
+              f"Within the sweep, summed over its {summed['runs']} runs ({summed['ok']} ok), which overlap in "
+              f"time on the local launcher: training {summed['train_s_summed']} s, evaluation "
+              f"{summed['eval_s_summed']} s, model loading {summed['load_s_summed']} s. The rest of the sweep's "
+              f"wall time is process start-up and the launcher.", ""]
+    report = args.out / "report.md"
+    report.write_text(report.read_text() + "\n".join(lines))
+    (args.out / "timing.json").write_text(json.dumps({"phases_s": phases, "total_s": total, **summed}, indent=2) + "\n")
+    print(f"micro-study: {total / 60:.1f} min; report: {report}")
+
+
+if __name__ == "__main__":
+    main()
