@@ -19,13 +19,11 @@ from qlora_lab.records import RECORD_NAME, SCHEMA
 STANDARD_AXES = ("model", "dataset", "dataset.task", "dtype", "dtype.double_quant", "dtype.backend",
                  "dtype.blocksize", "lora.targets", "lora.r", "train.learning_rate", "train.max_steps", "train.seed")
 GROUPS = ("model", "dataset", "dtype", "lora", "train", "eval")
+# The metrics the tables read: a column each even where no run has one. Every other number a
+# record's `metrics` holds (a new evaluation's) becomes a column too, read off the records.
 METRICS = ("eval_loss", "ppl", "base_ppl", "rougeL", "mmlu_acc", "accuracy", "zero_shot_mean", "train_loss_first",
            "train_loss_last")
 LEFT_OUT_COLUMNS = ["run_dir", "run_id", "reason"]
-# a row's columns that are read off the record, not chosen by the sweep (everything else is an axis)
-MEASURED_COLUMNS = frozenset(METRICS) | {"run_dir", "run_id", "model_kind", "n_params", "bits_per_param", "total_bits",
-                                         "train_s", "tokens_per_s", "peak_memory_mb", "full_finetune", "dtype_label",
-                                         "config"}
 
 
 class RecordSchemaError(ValueError):
@@ -66,8 +64,10 @@ def collect(*dirs: str | Path, strict: bool = False) -> pd.DataFrame:
     for run_dir in unfinished:
         left_out.append({"run_dir": str(run_dir), "run_id": None,
                          "reason": "unfinished: a job folder without record.json (running, or killed)"})
+    axes = list(dict.fromkeys(a for row in rows for a in row.pop("_axes")))
     frame = pd.DataFrame(rows)
     frame.attrs["left_out"] = left_out  # plain dicts: pandas compares attrs when it combines frames
+    frame.attrs["axes"] = [a for a in axes if a in frame]  # the columns a sweep chose (the rest are measured)
     return frame
 
 
@@ -145,12 +145,13 @@ def _row(record: dict, run_dir: str) -> dict:
     config = record.get("config", {})
     given = dict(o.lstrip("+~").split("=", 1) for o in record.get("overrides", []) if "=" in o)
     axes = list(STANDARD_AXES) + [k for k in given if k not in STANDARD_AXES and not k.startswith(("hydra", "sweep"))]
-    row = {"run_dir": run_dir, "run_id": record["run_id"]}
+    row = {"run_dir": run_dir, "run_id": record["run_id"], "_axes": axes}
     # a choice that is not itself in the config (a study's `+variant=...`) keeps its given value
     row.update({axis: _or(config_value(config, axis), given.get(axis)) for axis in axes})
     row["model_kind"] = config_value(config, "model.kind") or "causal"
     metrics = record.get("metrics", {})
     row.update({name: metrics.get(name) for name in METRICS})
+    row.update({name: value for name, value in metrics.items() if name not in row and _is_number(value)})
     model, timing, memory = record.get("model", {}), record.get("timing", {}), record.get("memory", {})
     row["n_params"] = model.get("n_params")
     row["bits_per_param"] = model.get("bits_per_param")
@@ -162,6 +163,10 @@ def _row(record: dict, run_dir: str) -> dict:
     row["dtype_label"] = dtype_label(row)
     row["config"] = config_label(row)
     return row
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def config_label(row: dict) -> str:

@@ -99,7 +99,7 @@ def peak_memory(backend: str, work: Path) -> tuple[float, float]:
     """(peak of tensor allocations over the training steps, peak RSS of the whole run) in MB."""
     run_dir = work / backend
     subprocess.run([sys.executable, "-m", "qlora_lab.train", "dtype=nf4", f"dtype.backend={backend}",
-                    "train.max_steps=5", "train.report_to=none", "train.save_steps=0", "eval.n_generate=0",
+                    "train.max_steps=5", "train.report_to=none", "train.save_steps=0", "eval.n_generate=0", "train.cpu_tensor_peak=true",
                     f"hydra.run.dir={run_dir}"], check=True, capture_output=True, text=True)
     memory = json.loads((run_dir / "record.json").read_text())["memory"]
     return memory["peak_tensor_mb"], memory["peak_rss_mb"]

@@ -19,7 +19,6 @@ from qlora_lab.model.dtypes import COMPUTE_DTYPES, CUSTOM, DTYPES, available_bac
 from qlora_lab.model.targets import KIND_FAMILIES, TARGET_GROUPS, target_names
 
 
-OBJECTIVES = ("eval_loss", "ppl", "rougeL", "mmlu_acc", "accuracy", "zero_shot_mean", "train_loss_last")  # eval.objective
 PROMPT_SET_NAMES = ("oasst1", "vicuna")  # eval.prompts by name (qlora_lab.evaluate.prompt_sets.PROMPT_SETS)
 
 
@@ -230,6 +229,9 @@ class TrainConfig:
     save_steps: int = 250  # checkpoint every N steps into the run folder (0: never)
     seed: int = 0  # init of the adapters, dropout and data order
     report_to: str = "wandb"  # wandb (offline unless WANDB_MODE says otherwise) | none
+    # CPU only: torch's profiler over the first steps gives memory.peak_tensor_mb (it costs throughput
+    # and memory while it runs, so it is opt-in; on a GPU CUDA's peak statistic is free and always read)
+    cpu_tensor_peak: bool = False
 
     def validate(self) -> None:
         at_least("train.max_steps", self.max_steps, 0)
@@ -324,7 +326,7 @@ class EvalConfig:
 
     def validate(self) -> None:
         positive("eval.batch_size", self.batch_size)
-        choice("eval.objective", self.objective, OBJECTIVES)
+        choice("eval.objective", self.objective, objectives())
         at_least("eval.n_generate", self.n_generate, 0)
         positive("eval.max_new_tokens", self.max_new_tokens)
         choice("eval.sampling", self.sampling, ("greedy", "paper"))
@@ -378,6 +380,13 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def objectives() -> tuple[str, ...]:
+    """What `eval.objective` may name: every registered evaluation's numbers, and the training loss."""
+    from qlora_lab.evaluate.registry import metric_names
+
+    return tuple(dict.fromkeys(metric_names() + ("train_loss_last",)))
 
 
 GROUPS: dict[str, type] = typing.get_type_hints(RunConfig)  # group name -> its dataclass

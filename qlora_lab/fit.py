@@ -1,4 +1,5 @@
-"""Train the adapters with transformers' Trainer, used as it is, and keep the loss history."""
+"""Train the adapters with transformers' Trainer, used as it is: its arguments, resume, the loss
+history. What the run measures while training lives in qlora_lab.measure."""
 
 from __future__ import annotations
 
@@ -37,7 +38,6 @@ class FitResult:
 
 
 UNUSED_SAVE_STEPS = 500  # save_steps=0 means no checkpoints (save_strategy "no"); TrainingArguments still wants a positive value
-PEAK_WINDOW_STEPS = 5  # CPU: torch's profiler watches the first steps (optimizer state included)
 
 
 def training_arguments(cfg: TrainConfig, compute_dtype: str, out_dir: Path, run_name: str):
@@ -82,22 +82,17 @@ def training_arguments(cfg: TrainConfig, compute_dtype: str, out_dir: Path, run_
 def fit(model, tokenizer, examples: list[dict], cfg: TrainConfig, compute_dtype: str, run_dir: Path,
         run_name: str) -> FitResult:
     """max_steps optimizer steps; resumes from the newest checkpoint in the run folder."""
-    from transformers import Trainer, TrainerCallback
+    from transformers import Trainer
+
+    from qlora_lab.measure import training_callbacks
 
     out_dir = run_dir / "checkpoints"
     out_dir.mkdir(parents=True, exist_ok=True)
     args = training_arguments(cfg, compute_dtype, out_dir, run_name)
     start = time.perf_counter()
-    first_step: list[float] = []
-
-    class FirstStep(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if not first_step:
-                first_step.extend([time.perf_counter() - start, time.time() - process_start_time()])
-
-    peak = _tensor_peak_callback()
+    first_step, peak = training_callbacks(cfg.cpu_tensor_peak)
     trainer = Trainer(model=model, args=args, train_dataset=examples,
-                      data_collator=PadCollator(tokenizer.pad_token_id), callbacks=[FirstStep(), peak])
+                      data_collator=PadCollator(tokenizer.pad_token_id), callbacks=[first_step, peak])
     resume = resume_point(out_dir, cfg.max_steps)
     tokens_before = _tokens_seen(resume)
     try:
@@ -113,8 +108,7 @@ def fit(model, tokenizer, examples: list[dict], cfg: TrainConfig, compute_dtype:
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry and "step" in entry]
     return FitResult(step_losses=losses, train_s=train_s,
                      tokens=int(trainer.state.num_input_tokens_seen) - tokens_before,
-                     first_step_s=first_step[0] if first_step else None,
-                     process_to_first_step_s=first_step[1] if first_step else None,
+                     first_step_s=first_step.since_call, process_to_first_step_s=first_step.since_process,
                      resumed_from_step=_checkpoint_step(resume), optimizer=optimizer_used(trainer, cfg.optimizer),
                      peak_tensor_mb=peak.peak_mb(), measure_s=peak.measure_s)
 
@@ -140,55 +134,6 @@ def _tokens_seen(checkpoint: str | None) -> int:
         return 0
     state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
     return int(state.get("num_input_tokens_seen") or 0)
-
-
-def _tensor_peak_callback():
-    from transformers import TrainerCallback
-
-    from qlora_lab.memory import CpuTensorPeak
-
-    class TensorPeak(TrainerCallback):
-        """The training's peak of tensor allocations: CUDA's statistic on a GPU; on the CPU,
-        torch's profiler over the first PEAK_WINDOW_STEPS steps."""
-
-        def __init__(self) -> None:
-            self.cpu = None if torch.cuda.is_available() else CpuTensorPeak()
-            self.steps = 0
-            self.measure_s = 0.0  # the profiler's set-up and read-out: measuring, not training
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            if self.cpu is not None:
-                self._timed(self.cpu.start)
-            else:
-                torch.cuda.reset_peak_memory_stats()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.steps += 1
-            if self.cpu is not None and self.steps >= PEAK_WINDOW_STEPS:
-                self._timed(self.cpu.stop)
-
-        def close(self) -> None:
-            if self.cpu is not None:
-                self._timed(self.cpu.stop)
-
-        def _timed(self, action) -> None:
-            begin = time.perf_counter()
-            action()
-            self.measure_s += time.perf_counter() - begin
-
-        def peak_mb(self) -> float | None:
-            if self.cpu is None:
-                return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-            return None if self.cpu.peak_bytes is None else round(self.cpu.peak_bytes / 2**20, 1)
-
-    return TensorPeak()
-
-
-def process_start_time() -> float:
-    """Unix time this process started (for start-up cost: imports, compose, load, first step)."""
-    import psutil
-
-    return psutil.Process().create_time()
 
 
 def resume_point(out_dir: Path, max_steps: int) -> str | None:

@@ -6,7 +6,6 @@ line (the traceback beside it in `traceback.txt`), and everything measured up to
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -17,7 +16,7 @@ from pathlib import Path
 
 from qlora_lab.cache import file_lock
 from qlora_lab.config import ConfigError, RunConfig, run_config
-from qlora_lab.memory import peak_gpu_mb, peak_rss_mb, reset_peak_gpu, reset_peak_rss
+from qlora_lab.measure import peak_gpu_mb, peak_rss_mb, reset_peak_gpu, reset_peak_rss
 from qlora_lab.records import Record, environment, run_id, utc_now, write_record
 
 log = logging.getLogger("qlora_lab")
@@ -133,6 +132,7 @@ def _train_and_evaluate(config: RunConfig, run_dir: Path, record: Record, start:
     import torch
 
     from qlora_lab.data.load import load_splits
+    from qlora_lab.evaluate.registry import EvalInputs, enabled_evaluations
     from qlora_lab.model.build import adapter_dir, build_model, full_model_dir
 
     record.env = environment("cuda:" + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
@@ -140,15 +140,8 @@ def _train_and_evaluate(config: RunConfig, run_dir: Path, record: Record, start:
     splits = load_splits(config.dataset)  # bad data fails here, before any model is loaded
     record.data = {"name": config.dataset.name, "fingerprint": splits.fingerprint,
                    "n_train": len(splits.train), "n_eval": len(splits.eval), "eval_split": splits.eval_split}
-    prompts = None
-    if config.eval.prompts:  # a bad prompts file or an unreachable set fails here, before any model is loaded
-        from qlora_lab.evaluate.prompt_sets import load_prompts
-
-        prompts = load_prompts(config.eval.prompts)
-    if config.eval.lm_eval.tasks:  # a misspelt task fails here, before any training
-        from qlora_lab.evaluate.zero_shot import task_manager
-
-        task_manager(config.eval.lm_eval.tasks, config.eval.lm_eval.include_path)
+    evaluations = enabled_evaluations(config)
+    prepared = {e.name: e.prepare(config) for e in evaluations if e.prepare}  # bad inputs fail before any model
     tc = config.train
     load_start = time.perf_counter()
     built = build_model(config.model, config.dtype, config.lora, seed=tc.seed,
@@ -156,19 +149,29 @@ def _train_and_evaluate(config: RunConfig, run_dir: Path, record: Record, start:
     record.timing["load_s"] = round(time.perf_counter() - load_start, 3)  # a first-ever build included
     record.model = vars(built.info).copy()
     encode = _encoder(config, built.tokenizer)
-    ppl = config.eval.ppl
-    if ppl.before_training and (ppl.path or ppl.hub_id):  # the quantized base, before any adapter update
-        from qlora_lab.model.quantize import compute_autocast
-
-        with compute_autocast(config.dtype.compute_dtype, next(built.model.parameters()).device.type):
-            corpus = _corpus_ppl(built, config.eval)
-        record.metrics.update(base_ppl=corpus["ppl"], base_ppl_tokens=corpus["ppl_tokens"])
+    inputs = lambda evaluation: EvalInputs(built.model, built.tokenizer, config, splits.eval, encode, run_dir,
+                                           prepared.get(evaluation.name))
+    before = [e for e in evaluations if e.before_training(config)]
+    record.metrics.update(_measure(config, built, before, inputs))  # the quantized base, before any adapter update
     if tc.max_steps > 0:
         _train(config, built, encode(splits.train), run_dir, record, start)
         built.model.save_pretrained(adapter_dir(run_dir) if config.lora.enabled else full_model_dir(run_dir))
     eval_start = time.perf_counter()
-    _evaluate(config, built, encode, splits.eval, run_dir, record, prompts)
+    record.metrics.update(_measure(config, built, [e for e in evaluations if e not in before], inputs))
     record.timing["eval_s"] = round(time.perf_counter() - eval_start, 3)
+
+
+def _measure(config: RunConfig, built, evaluations: list, inputs) -> dict:
+    """The evaluations' metrics, in their order, under the compute dtype's autocast."""
+    from qlora_lab.model.quantize import compute_autocast
+
+    metrics: dict = {}
+    if not evaluations:
+        return metrics
+    with compute_autocast(config.dtype.compute_dtype, next(built.model.parameters()).device.type):
+        for evaluation in evaluations:
+            metrics.update(evaluation.measure(inputs(evaluation)))
+    return metrics
 
 
 def _num_labels(config: RunConfig) -> int | None:
@@ -230,78 +233,6 @@ def _memory_estimate(config: RunConfig) -> dict | None:
         return estimate_memory(config, config.dtype.compute_dtype).to_dict()
     except ValueError:  # a model without `arch` shapes, or a family the estimate does not know
         return None
-
-
-def _evaluate(config: RunConfig, built, encode, eval_pairs, run_dir: Path, record: Record,
-              prompts: list[dict] | None) -> None:
-    from qlora_lab.evaluate.loss import heldout_loss
-    from qlora_lab.evaluate.rouge import generate_answers, rouge_l
-    from qlora_lab.model.quantize import compute_autocast
-
-    ec, tc = config.eval, config.train
-    device = next(built.model.parameters()).device.type
-    answer = lambda pairs, ids: generate_answers(built.model, built.tokenizer, pairs, ec.max_new_tokens,
-                                                 tc.source_max_len, ids=ids, sampling=ec.sampling, seed=tc.seed)
-    if config.model.kind == "classifier":
-        with compute_autocast(config.dtype.compute_dtype, device):
-            record.metrics.update(_classification(built, encode(eval_pairs), config))
-        return
-    with compute_autocast(config.dtype.compute_dtype, device):
-        if ec.loss:
-            loss, ppl = heldout_loss(built.model, encode(eval_pairs), built.tokenizer.pad_token_id, ec.batch_size)
-            record.metrics.update(eval_loss=loss, ppl=ppl, ppl_on="heldout")
-        if ec.lm_eval.tasks:
-            record.metrics.update(_zero_shot(built, ec.lm_eval, tc.seed))
-        if (ec.ppl.path or ec.ppl.hub_id) and not ec.ppl.before_training:
-            record.metrics.update(_corpus_ppl(built, ec))
-        if ec.mmlu.path:
-            record.metrics.update(_mmlu(built, ec.mmlu))
-        heldout = answer(eval_pairs[: ec.n_generate], [f"heldout-{i}" for i in range(min(ec.n_generate, len(eval_pairs)))])
-        prompted = []
-        if prompts:
-            prompted = answer([(ec.prompt_template.format(prompt=r["prompt"]), r.get("reference")) for r in prompts],
-                              [r["id"] for r in prompts])
-            prompted = [{**row, "prompt": r["prompt"]} for row, r in zip(prompted, prompts)]  # the question as asked
-    rows = [{**r, "set": "heldout"} for r in heldout] + [{**r, "set": "prompts"} for r in prompted]
-    if rows:
-        with open(run_dir / "generations.jsonl", "w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(row) + "\n" for row in rows)
-    if heldout:
-        record.metrics["rougeL"] = rouge_l(heldout)
-
-
-def _corpus_ppl(built, ec) -> dict:
-    from qlora_lab.evaluate.perplexity import corpus_perplexity, corpus_texts
-
-    texts = corpus_texts(ec.ppl.path, ec.ppl.hub_id, ec.ppl.hub_config, ec.ppl.text_field)
-    ppl, tokens = corpus_perplexity(built.model, built.tokenizer, texts, ec.ppl.seq_len, ec.ppl.max_tokens,
-                                    ec.batch_size)
-    return {"ppl": ppl, "ppl_on": "corpus", "ppl_tokens": tokens}
-
-
-def _classification(built, examples: list[dict], config: RunConfig) -> dict:
-    from qlora_lab.evaluate.classification import glue_metrics, predict
-
-    predictions, labels, loss = predict(built.model, examples, built.tokenizer.pad_token_id, config.eval.batch_size)
-    return {"eval_loss": loss, **glue_metrics(config.dataset.task, predictions, labels), "n_scored": len(labels)}
-
-
-def _zero_shot(built, cfg, seed: int) -> dict:
-    from qlora_lab.evaluate.zero_shot import zero_shot
-
-    result = zero_shot(built.model, built.tokenizer, cfg.tasks, cfg.include_path, cfg.num_fewshot, cfg.limit,
-                       cfg.batch_size, seed)
-    return {"zero_shot": result.accuracy, "zero_shot_acc_norm": result.accuracy_norm,
-            "zero_shot_n": result.n_questions, "zero_shot_mean": result.mean}
-
-
-def _mmlu(built, cfg) -> dict:
-    from qlora_lab.evaluate import mmlu
-
-    subjects = mmlu.load(cfg.path, cfg.hub_id, cfg.split)
-    result = mmlu.evaluate_mmlu(built.model, built.tokenizer, subjects, cfg.split, cfg.shots, cfg.batch_size)
-    return {"mmlu_acc": result.accuracy, "mmlu_acc_by_subject": result.by_subject, "mmlu_split": result.split,
-            "mmlu_shots": result.shots, "mmlu_n_questions": result.n_questions}
 
 
 def _start_wandb(run_dir: Path, run_name: str, record: Record) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pandas as pd
 
-from qlora_analysis.collect import MEASURED_COLUMNS
 from qlora_analysis.intervals import mean_interval, shown
 from qlora_analysis.tables import Table, table
 
@@ -27,8 +26,8 @@ FOLDED = {"dtype": "dtype_label", "dtype.double_quant": "dtype_label"}  # shown 
 def swept_axes(runs: pd.DataFrame) -> list[str]:
     """The axes whose values differ between the runs (seeds pooled), data type first."""
     axes = []
-    for column in runs.columns:
-        if column in POOLED or column in MEASURED_COLUMNS:
+    for column in runs.attrs.get("axes", []):  # what the sweep chose (collect: standard axes and overrides)
+        if column in POOLED or column not in runs:
             continue
         if runs[column].astype(str).nunique() > 1:
             axes.append(FOLDED.get(column, column))

@@ -3,14 +3,14 @@
 
 from __future__ import annotations
 
-import torch
-
-from qlora_lab.data.tokens import PadCollator
+from qlora_lab.evaluate.registry import EvalInputs, evaluation, no_grad
 
 
-@torch.no_grad()
+@no_grad
 def predict(model, examples: list[dict], pad_token_id: int, batch_size: int) -> tuple[list, list, float]:
     """(predictions, labels, mean loss): argmax classes, or scores for a one-output (regression) head."""
+    from qlora_lab.data.tokens import PadCollator
+
     was_training = model.training
     model.eval()
     collate = PadCollator(pad_token_id)
@@ -44,3 +44,13 @@ def glue_metrics(task: str, predictions: list, labels: list) -> dict:
     elif metric == "matthews_corrcoef":
         out["matthews_corrcoef"] = float(matthews_corrcoef(labels, predictions))
     return out
+
+
+@evaluation("classification", order=10, enabled=lambda c: c.model.kind == "classifier",
+            metrics=("eval_loss", "accuracy"))
+def measure(inputs: EvalInputs) -> dict:
+    """A classifier's eval loss and its task's GLUE scores on the eval split."""
+    config = inputs.config
+    predictions, labels, loss = predict(inputs.model, inputs.encode(inputs.eval_pairs),
+                                        inputs.tokenizer.pad_token_id, config.eval.batch_size)
+    return {"eval_loss": loss, **glue_metrics(config.dataset.task, predictions, labels), "n_scored": len(labels)}

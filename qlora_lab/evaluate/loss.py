@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import math
 
-import torch
+from qlora_lab.evaluate.registry import EvalInputs, evaluation, no_grad
 
-from qlora_lab.data.tokens import IGNORE_INDEX, PadCollator
 
 PPL_LOSS_CAP = 50.0  # a diverged run's perplexity stays a finite, readable number (e^50) instead of inf
 
 
-@torch.no_grad()
+@no_grad
 def heldout_loss(model, examples: list[dict], pad_token_id: int, batch_size: int) -> tuple[float, float]:
     """(mean loss per target token, its perplexity) over `examples`. A decoder-only model
     predicts each next token of its input; an encoder-decoder (T5) its labels, decoded from
     the labels shifted right."""
+    import torch
+
+    from qlora_lab.data.tokens import IGNORE_INDEX, PadCollator
+
     was_training = model.training
     model.eval()
     collate = PadCollator(pad_token_id)
@@ -40,3 +43,12 @@ def heldout_loss(model, examples: list[dict], pad_token_id: int, batch_size: int
 
 def _encoder_decoder(model) -> bool:
     return bool(getattr(model.config, "is_encoder_decoder", False))
+
+
+@evaluation("loss", order=10, enabled=lambda c: c.eval.loss and c.model.kind != "classifier",
+            metrics=("eval_loss", "ppl"))
+def measure(inputs: EvalInputs) -> dict:
+    """Held-out loss and perplexity over the eval split's target tokens."""
+    loss, ppl = heldout_loss(inputs.model, inputs.encode(inputs.eval_pairs), inputs.tokenizer.pad_token_id,
+                             inputs.config.eval.batch_size)
+    return {"eval_loss": loss, "ppl": ppl, "ppl_on": "heldout"}

@@ -13,7 +13,8 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from qlora_lab.evaluate.registry import EvalInputs, evaluation, no_grad
+
 
 CHOICES = "ABCD"
 SPLIT_FOLDERS = {"test": "test", "val": "val"}
@@ -106,10 +107,12 @@ def choice_token_ids(tokenizer) -> list[int]:
     return [tokenizer(c, add_special_tokens=False)["input_ids"][-1] for c in CHOICES]
 
 
-@torch.no_grad()
+@no_grad
 def choice_logits_batched(model, prefix: list[int], suffixes: list[list[int]], choice_ids: list[int],
                           batch_size: int, pad_id: int) -> torch.Tensor:
     """[n, 4] logits of A-D after prefix + each suffix; the prefix runs once."""
+    import torch
+
     device = next(model.parameters()).device
     out = model(input_ids=torch.tensor([prefix], device=device), use_cache=True)
     rows = []
@@ -129,9 +132,11 @@ def choice_logits_batched(model, prefix: list[int], suffixes: list[list[int]], c
     return torch.cat(rows)
 
 
-@torch.no_grad()
+@no_grad
 def choice_logits_one_by_one(model, prefix: list[int], suffixes: list[list[int]], choice_ids: list[int]) -> torch.Tensor:
     """The plain loop: each full prompt on its own (the reference for tests and the benchmark)."""
+    import torch
+
     device = next(model.parameters()).device
     rows = [model(input_ids=torch.tensor([prefix + s], device=device)).logits[0, -1, choice_ids].float()
             for s in suffixes]
@@ -158,3 +163,13 @@ def accuracy(choice_logits: torch.Tensor, answers: list[str]) -> float:
     """Share of rows whose highest logit is the answer letter (ties: the first letter)."""
     picked = [CHOICES[i] for i in choice_logits.argmax(dim=1).tolist()]
     return sum(p == a for p, a in zip(picked, answers)) / len(answers)
+
+
+@evaluation("mmlu", order=40, enabled=lambda c: bool(c.eval.mmlu.path), metrics=("mmlu_acc",))
+def measure(inputs: EvalInputs) -> dict:
+    """MMLU (or a benchmark in its layout): accuracy, per subject, on the named split."""
+    cfg = inputs.config.eval.mmlu
+    result = evaluate_mmlu(inputs.model, inputs.tokenizer, load(cfg.path, cfg.hub_id, cfg.split), cfg.split,
+                           cfg.shots, cfg.batch_size)
+    return {"mmlu_acc": result.accuracy, "mmlu_acc_by_subject": result.by_subject, "mmlu_split": result.split,
+            "mmlu_shots": result.shots, "mmlu_n_questions": result.n_questions}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import torch
+from qlora_lab.evaluate.registry import EvalInputs, evaluation, no_grad
 
 
 def corpus_texts(folder: str | Path | None, hub_id: str | None, hub_config: str | None, text_field: str) -> list[str]:
@@ -26,10 +26,12 @@ def corpus_texts(folder: str | Path | None, hub_id: str | None, hub_config: str 
     return list(datasets.load_dataset(hub_id, hub_config, split="train")[text_field])
 
 
-@torch.no_grad()
+@no_grad
 def corpus_perplexity(model, tokenizer, texts: list[str], seq_len: int, max_tokens: int,
                       batch_size: int) -> tuple[float, int]:
     """(perplexity, tokens scored) over at most max_tokens tokens."""
+    import torch
+
     ids: list[int] = []
     for text in texts:
         ids += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
@@ -50,3 +52,21 @@ def corpus_perplexity(model, tokenizer, texts: list[str], seq_len: int, max_toke
             count += len(window) - 1
     model.train(was_training)
     return math.exp(total / count), count
+
+
+def _corpus_chosen(config) -> bool:
+    return bool(config.eval.ppl.path or config.eval.ppl.hub_id)
+
+
+@evaluation("corpus_ppl", order=30, enabled=_corpus_chosen, metrics=("ppl", "base_ppl"),
+            before_training=lambda c: c.eval.ppl.before_training)
+def measure(inputs: EvalInputs) -> dict:
+    """A corpus's perplexity: of the quantized base before fine-tuning (`base_ppl`, Table 2's
+    measure) or of the trained model (`ppl`)."""
+    ec = inputs.config.eval
+    texts = corpus_texts(ec.ppl.path, ec.ppl.hub_id, ec.ppl.hub_config, ec.ppl.text_field)
+    ppl, tokens = corpus_perplexity(inputs.model, inputs.tokenizer, texts, ec.ppl.seq_len, ec.ppl.max_tokens,
+                                    ec.batch_size)
+    if ec.ppl.before_training:
+        return {"base_ppl": ppl, "base_ppl_tokens": tokens}
+    return {"ppl": ppl, "ppl_on": "corpus", "ppl_tokens": tokens}

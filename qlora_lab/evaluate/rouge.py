@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import torch
-
+from qlora_lab.evaluate.registry import EvalInputs, evaluation, no_grad
 
 # The paper's sampling for the answers it judged: nucleus 0.9, temperature 0.7.
 SAMPLING = {"greedy": {"do_sample": False}, "paper": {"do_sample": True, "top_p": 0.9, "temperature": 0.7}}
 
 
-@torch.no_grad()
+@no_grad
 def generate_answers(model, tokenizer, pairs: list[tuple[str, str]], max_new_tokens: int, source_max_len: int,
                      ids: list | None = None, sampling: str = "greedy", seed: int = 0) -> list[dict]:
     """One answer per (source, reference) pair, as generations.jsonl rows; sampling is seeded.
     The source is encoded as in training: bos + source for a decoder-only model (the answer is
     what follows it), source + eos into an encoder-decoder's encoder (the answer is the output)."""
+    import torch
+
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -47,3 +48,34 @@ def rouge_l(rows: list[dict]) -> float | None:
     scorer = rouge_scorer.RougeScorer(["rougeL"])
     scores = [scorer.score(r["reference"], r["generation"])["rougeL"].fmeasure for r in rows]
     return sum(scores) / len(scores)
+
+
+def _load_prompts(config) -> list[dict] | None:
+    """A bad prompts file or an unreachable set fails before any model loads."""
+    from qlora_lab.evaluate.prompt_sets import load_prompts
+
+    return load_prompts(config.eval.prompts) if config.eval.prompts else None
+
+
+@evaluation("generations", order=50, enabled=lambda c: c.model.kind != "classifier", metrics=("rougeL",),
+            prepare=_load_prompts)
+def measure(inputs: EvalInputs) -> dict:
+    """Answers to `eval.n_generate` held-out sources (scored by RougeL) and to the prompt sets,
+    kept in generations.jsonl for judging."""
+    import json
+
+    ec, tc = inputs.config.eval, inputs.config.train
+    answer = lambda pairs, ids: generate_answers(inputs.model, inputs.tokenizer, pairs, ec.max_new_tokens,
+                                                 tc.source_max_len, ids=ids, sampling=ec.sampling, seed=tc.seed)
+    pairs = inputs.eval_pairs[: ec.n_generate]
+    heldout = answer(pairs, [f"heldout-{i}" for i in range(len(pairs))])
+    prompts, prompted = inputs.prepared or [], []
+    if prompts:
+        prompted = answer([(ec.prompt_template.format(prompt=r["prompt"]), r.get("reference")) for r in prompts],
+                          [r["id"] for r in prompts])
+        prompted = [{**row, "prompt": r["prompt"]} for row, r in zip(prompted, prompts)]  # the question as asked
+    rows = [{**r, "set": "heldout"} for r in heldout] + [{**r, "set": "prompts"} for r in prompted]
+    if rows:
+        with open(inputs.run_dir / "generations.jsonl", "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(row) + "\n" for row in rows)
+    return {"rougeL": rouge_l(heldout)} if heldout else {}

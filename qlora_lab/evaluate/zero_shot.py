@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from qlora_lab.evaluate.registry import EvalInputs, evaluation
+
 
 @dataclass
 class ZeroShotResult:
@@ -65,3 +67,19 @@ def zero_shot(model, tokenizer, tasks: list[str], include_path: str | None, num_
         accuracy_norm={t: float(results[t]["acc_norm,none"]) for t in tasks if "acc_norm,none" in results[t]},
         n_questions={t: int(out["n-samples"][t]["effective"]) for t in tasks},
     )
+
+
+def _check_tasks(config) -> None:
+    """A misspelt task fails before any model loads."""
+    task_manager(config.eval.lm_eval.tasks, config.eval.lm_eval.include_path)
+
+
+@evaluation("zero_shot", order=20, enabled=lambda c: bool(c.eval.lm_eval.tasks), metrics=("zero_shot_mean",),
+            prepare=_check_tasks)
+def measure(inputs: EvalInputs) -> dict:
+    """Zero-shot accuracy per lm-eval task and their mean (Figure 3's suite)."""
+    cfg = inputs.config.eval.lm_eval
+    result = zero_shot(inputs.model, inputs.tokenizer, cfg.tasks, cfg.include_path, cfg.num_fewshot, cfg.limit,
+                       cfg.batch_size, inputs.config.train.seed)
+    return {"zero_shot": result.accuracy, "zero_shot_acc_norm": result.accuracy_norm,
+            "zero_shot_n": result.n_questions, "zero_shot_mean": result.mean}

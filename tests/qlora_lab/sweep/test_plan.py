@@ -75,7 +75,8 @@ def test_estimate_is_within_25_percent_of_the_measured_peak_on_tiny(tmp_path: Pa
     (the longest batch) assumes; the record holds the peak of torch's tensor allocations."""
     tiny_base_dir()
     overrides = ["train.max_steps=5", "train.source_max_len=32", "train.target_max_len=32",
-                 f"train.gradient_checkpointing={checkpointing}", "eval.n_generate=0", "train.report_to=none"]
+                 f"train.gradient_checkpointing={checkpointing}", "eval.n_generate=0", "train.report_to=none",
+                 "train.cpu_tensor_peak=true"]  # the CPU profile is opt-in
     proc = run_cli(*overrides, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     memory = json.loads((tmp_path / "record.json").read_text())["memory"]
