@@ -39,14 +39,16 @@ def training_examples(kind: str, n: int) -> tuple[str, list[dict]]:
     from qlora_lab.config import run_config
     from qlora_lab.data.load import load_splits
     from qlora_lab.model.build import load_tokenizer, model_path
-    from qlora_lab.run import _encoder
+    from qlora_lab.model.kinds import KINDS as MODEL_KINDS
+    from qlora_lab.run import _classes
     from qlora_lab.sweep import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         config = run_config(compose(config_name="config", overrides=KINDS[kind]))
     path = model_path(config.model)
     pairs = load_splits(config.dataset).train[:n]
-    return path, _encoder(config, load_tokenizer(path))(pairs)
+    encode = MODEL_KINDS[config.model.kind].encode(config.train, load_tokenizer(path), _classes(config))
+    return path, encode(pairs)
 
 
 def run_lab(kind: str, work: Path, steps: int, n_train: int, index: int) -> dict:

@@ -16,7 +16,8 @@ from typing import Any, Optional, Union
 
 from qlora_lab.config_checks import NO_VALUE, ConfigError, at_least, build_dataclass, choice, positive, positive_float
 from qlora_lab.model.dtypes import COMPUTE_DTYPES, CUSTOM, DTYPES, available_backends
-from qlora_lab.model.targets import KIND_FAMILIES, TARGET_GROUPS, target_names
+from qlora_lab.model.kinds import KINDS
+from qlora_lab.model.targets import TARGET_GROUPS, target_names
 
 
 PROMPT_SET_NAMES = ("oasst1", "vicuna")  # eval.prompts by name (qlora_lab.evaluate.prompt_sets.PROMPT_SETS)
@@ -72,9 +73,9 @@ class ModelConfig:
     resources: Resources = field(default_factory=Resources)
 
     def validate(self) -> None:
-        choice("model.kind", self.kind, sorted(KIND_FAMILIES))
+        choice("model.kind", self.kind, sorted(KINDS))
         choice("model.source", self.source, ("build", "pretrained"))
-        choice("model.family", self.family, KIND_FAMILIES[self.kind])
+        choice("model.family", self.family, KINDS[self.kind].families)
         if self.source == "build" and (self.arch is None or self.pretrain is None):
             raise ConfigError("model.arch", self.arch, "source=build needs model.arch and model.pretrain")
         if self.source == "pretrained" and not self.path:
@@ -112,14 +113,13 @@ class DatasetConfig:
     def validate(self) -> None:
         from qlora_lab.data.formats import FORMATS
 
-        choice("dataset.format", self.format, sorted(FORMATS) + ["glue"])
-        if self.format == "glue":
-            from qlora_lab.data.glue import GLUE_TASKS
-
-            choice("dataset.task", self.task, sorted(GLUE_TASKS))
+        choice("dataset.format", self.format, sorted(FORMATS))
+        fmt = FORMATS[self.format]
+        if fmt.tasks:
+            choice("dataset.task", self.task, fmt.tasks)
         elif self.task is not None:
             raise ConfigError("dataset.task", self.task, f"only dataset=glue has tasks; leave it null for {self.name}")
-        if self.path is None and self.hub_id is None and self.format != "stdlib":
+        if self.path is None and self.hub_id is None and fmt.rows is None:
             raise ConfigError("dataset.path", None, f"dataset={self.name} needs dataset.path=FILE or a hub_id")
         if self.path is not None:
             if not Path(self.path).is_file():
@@ -363,9 +363,12 @@ class RunConfig:
     def _validate_across_groups(self) -> None:
         """Choices that are each valid but do not go together, refused before any model loads."""
         kind = self.model.kind
-        if (self.dataset.format == "glue") != (kind == "classifier"):
+        from qlora_lab.data.formats import FORMATS
+
+        classifies = KINDS[kind].classifies
+        if FORMATS[self.dataset.format].classification != classifies:
             raise ConfigError("dataset", self.dataset.name,
-                              "a classifier model needs a classification dataset (dataset=glue)" if kind == "classifier"
+                              "a classifier model needs a classification dataset (dataset=glue)" if classifies
                               else f"dataset={self.dataset.name} is a classification dataset; it needs "
                                    f"model.kind=classifier (model={self.model.name} is {kind})")
         if not self.lora.enabled and self.dtype.backend != "none":

@@ -131,9 +131,11 @@ def _first_sigint_only() -> None:
 def _train_and_evaluate(config: RunConfig, run_dir: Path, record: Record, start: float) -> None:
     import torch
 
+    from qlora_lab.data.glue import num_labels
     from qlora_lab.data.load import load_splits
     from qlora_lab.evaluate.registry import EvalInputs, enabled_evaluations
     from qlora_lab.model.build import adapter_dir, build_model, full_model_dir
+    from qlora_lab.model.kinds import KINDS
 
     record.env = environment("cuda:" + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
     record.env["warm_start"] = _RUNS_IN_PROCESS["n"] > 1  # libraries imported by an earlier run of this process
@@ -144,11 +146,13 @@ def _train_and_evaluate(config: RunConfig, run_dir: Path, record: Record, start:
     prepared = {e.name: e.prepare(config) for e in evaluations if e.prepare}  # bad inputs fail before any model
     tc = config.train
     load_start = time.perf_counter()
+    classes = _classes(config)
     built = build_model(config.model, config.dtype, config.lora, seed=tc.seed,
-                        gradient_checkpointing=tc.gradient_checkpointing, num_labels=_num_labels(config))
+                        gradient_checkpointing=tc.gradient_checkpointing,
+                        num_labels=None if classes is None else num_labels(config.dataset.task))
     record.timing["load_s"] = round(time.perf_counter() - load_start, 3)  # a first-ever build included
     record.model = vars(built.info).copy()
-    encode = _encoder(config, built.tokenizer)
+    encode = KINDS[config.model.kind].encode(tc, built.tokenizer, classes)  # pairs -> the kind's examples
     inputs = lambda evaluation: EvalInputs(built.model, built.tokenizer, config, splits.eval, encode, run_dir,
                                            prepared.get(evaluation.name))
     before = [e for e in evaluations if e.before_training(config)]
@@ -174,26 +178,13 @@ def _measure(config: RunConfig, built, evaluations: list, inputs) -> dict:
     return metrics
 
 
-def _num_labels(config: RunConfig) -> int | None:
-    from qlora_lab.data.glue import num_labels
+def _classes(config: RunConfig) -> list | None:
+    """A classifier's class labels (its dataset's task; empty for a regression task); None for
+    the other kinds."""
+    from qlora_lab.data.glue import GLUE_TASKS
+    from qlora_lab.model.kinds import KINDS
 
-    return num_labels(config.dataset.task) if config.model.kind == "classifier" else None
-
-
-def _encoder(config: RunConfig, tokenizer):
-    """pairs -> token examples, as the model kind reads them."""
-    from qlora_lab.data import tokens
-
-    tc = config.train
-    if config.model.kind == "seq2seq":
-        return lambda pairs: tokens.encode_seq2seq(pairs, tokenizer, tc.source_max_len, tc.target_max_len)
-    if config.model.kind == "classifier":
-        from qlora_lab.data.glue import GLUE_TASKS
-
-        labels = GLUE_TASKS[config.dataset.task].labels
-        return lambda pairs: tokens.encode_classes(pairs, tokenizer, labels, tc.source_max_len)
-    return lambda pairs: tokens.encode_pairs(pairs, tokenizer, tc.source_max_len, tc.target_max_len,
-                                             tc.train_on_source)
+    return GLUE_TASKS[config.dataset.task].labels if KINDS[config.model.kind].classifies else None
 
 
 def _train(config: RunConfig, built, examples: list[dict], run_dir: Path, record: Record, start: float) -> None:

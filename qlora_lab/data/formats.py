@@ -3,21 +3,16 @@
 dataset reads (unnatural, flan_v2, longform, super_natural).
 
 A format names the fields it needs, so a row missing one is refused with the list of fields.
-Adding a format is one entry here.
+Adding a format is one entry here. GLUE (a layout per task) and the standard library's
+pairs (rows shipped with Python) are entries like the others.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
-
-@dataclass(frozen=True)
-class Format:
-    fields: tuple[str, ...]  # fields every row must have
-    to_pair: Callable[[dict], tuple[str, str]]  # row -> (source, target)
-    optional: tuple[str, ...] = ()  # fields a row may leave out
-    explode: Callable[[dict], list[dict]] | None = None  # one raw row -> several rows (nested data)
+from qlora_lab.data.format_spec import Format
+from qlora_lab.data.glue import GLUE_TASKS, glue_format
 
 
 # The Alpaca prompt exactly as the paper's code (qlora.py, ALPACA_PROMPT_DICT) wrote it.
@@ -75,6 +70,16 @@ def whole_text(field: str) -> Callable[[dict], tuple[str, str]]:
     return lambda row: ("", row[field])
 
 
+def _stdlib_rows() -> list[dict]:
+    from qlora_lab.data.stdlib import instruction_rows
+
+    return instruction_rows()
+
+
+def _per_task(row: dict) -> tuple[str, str]:
+    raise ValueError("GLUE's rows are read by its task's format (dataset.task)")
+
+
 FORMATS: dict[str, Format] = {
     "alpaca": Format(("instruction", "output"), alpaca_pair, optional=("input",)),
     "self_instruct": Format(("prompt", "completion"), field_pair("prompt", "completion")),
@@ -87,5 +92,6 @@ FORMATS: dict[str, Format] = {
     "oasst1": Format(("text",), whole_text("text")),
     "super_natural": Format(("definition", "inputs", "targets"),
                             lambda row: (SNI_PROMPT.format(**row), row["targets"])),
-    "stdlib": Format(("module", "prompt", "body"), stdlib_pair),
+    "stdlib": Format(("module", "prompt", "body"), stdlib_pair, rows=_stdlib_rows),
+    "glue": Format(("label",), _per_task, for_task=glue_format, tasks=tuple(sorted(GLUE_TASKS)), classification=True),
 }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qlora_lab.data.formats import Format
+from qlora_lab.data.format_spec import Format
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qlora_lab.config import DatasetConfig
-from qlora_lab.data import stdlib
 from qlora_lab.data.formats import FORMATS
 
 
@@ -65,11 +64,8 @@ def auto_n_eval(n_rows: int) -> int:
 
 def row_format(cfg: DatasetConfig):
     """The dataset's row -> pair function; GLUE's depends on the task."""
-    if cfg.format == "glue":
-        from qlora_lab.data.glue import glue_format
-
-        return glue_format(cfg.task)
-    return FORMATS[cfg.format]
+    fmt = FORMATS[cfg.format]
+    return fmt.for_task(cfg.task) if fmt.for_task else fmt
 
 
 def _pairs(cfg: DatasetConfig, rows: list[dict]) -> list[tuple[str, str]]:
@@ -115,8 +111,9 @@ def _raw_rows(cfg: DatasetConfig) -> tuple[list[dict], str, tuple[str, list[dict
             table = datasets.load_dataset(path.suffix[1:], data_files=str(path), split="train")
             return list(table), digest, None
         return read_json_rows(path), digest, None
-    if cfg.format == "stdlib":
-        rows = stdlib.instruction_rows()
+    builtin = FORMATS[cfg.format].rows
+    if builtin is not None:
+        rows = builtin()
         digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
         return rows, "sha256:" + digest, None
     hub = _load_hub_dataset(cfg)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from qlora_lab.evaluate.registry import EvalInputs, evaluation, no_grad
+from qlora_lab.model.kinds import KINDS
 
 
 @no_grad
@@ -46,7 +47,7 @@ def glue_metrics(task: str, predictions: list, labels: list) -> dict:
     return out
 
 
-@evaluation("classification", order=10, enabled=lambda c: c.model.kind == "classifier",
+@evaluation("classification", order=10, enabled=lambda c: KINDS[c.model.kind].classifies,
             metrics=("eval_loss", "accuracy"))
 def measure(inputs: EvalInputs) -> dict:
     """A classifier's eval loss and its task's GLUE scores on the eval split."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from qlora_lab.evaluate.registry import EvalInputs, evaluation, no_grad
+from qlora_lab.model.kinds import KINDS
 
 
 PPL_LOSS_CAP = 50.0  # a diverged run's perplexity stays a finite, readable number (e^50) instead of inf
@@ -45,7 +46,7 @@ def _encoder_decoder(model) -> bool:
     return bool(getattr(model.config, "is_encoder_decoder", False))
 
 
-@evaluation("loss", order=10, enabled=lambda c: c.eval.loss and c.model.kind != "classifier",
+@evaluation("loss", order=10, enabled=lambda c: c.eval.loss and not KINDS[c.model.kind].classifies,
             metrics=("eval_loss", "ppl"))
 def measure(inputs: EvalInputs) -> dict:
     """Held-out loss and perplexity over the eval split's target tokens."""

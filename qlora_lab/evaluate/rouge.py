@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from qlora_lab.evaluate.registry import EvalInputs, evaluation, no_grad
+from qlora_lab.model.kinds import KINDS
 
 # The paper's sampling for the answers it judged: nucleus 0.9, temperature 0.7.
 SAMPLING = {"greedy": {"do_sample": False}, "paper": {"do_sample": True, "top_p": 0.9, "temperature": 0.7}}
@@ -57,7 +58,7 @@ def _load_prompts(config) -> list[dict] | None:
     return load_prompts(config.eval.prompts) if config.eval.prompts else None
 
 
-@evaluation("generations", order=50, enabled=lambda c: c.model.kind != "classifier", metrics=("rougeL",),
+@evaluation("generations", order=50, enabled=lambda c: not KINDS[c.model.kind].classifies, metrics=("rougeL",),
             prepare=_load_prompts)
 def measure(inputs: EvalInputs) -> dict:
     """Answers to `eval.n_generate` held-out sources (scored by RougeL) and to the prompt sets,

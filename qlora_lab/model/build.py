@@ -13,15 +13,10 @@ import torch
 
 from qlora_lab.config import DTypeConfig, LoraConfig, ModelConfig
 from qlora_lab.model.bits import base_linear_bits, total_stored_bits
+from qlora_lab.model.kinds import KINDS
 from qlora_lab.model.quantize import bnb_config, disable_cpu_weight_repacking, load_dtype, to_compute_dtype
 from qlora_lab.model.targets import peft_target_pattern, target_names
 
-# model.kind -> (transformers auto class, peft task type, modules kept unquantized and trained in full)
-KINDS = {
-    "causal": ("AutoModelForCausalLM", "CAUSAL_LM", ()),
-    "seq2seq": ("AutoModelForSeq2SeqLM", "SEQ_2_SEQ_LM", ()),
-    "classifier": ("AutoModelForSequenceClassification", "SEQ_CLS", ("classifier",)),  # the paper trained the head
-}
 
 
 @dataclass
@@ -70,8 +65,9 @@ def load_base(path: str, dtype: DTypeConfig, kind: str = "causal", num_labels: i
     (and a classifier's head) stays unquantized."""
     import transformers
 
-    auto_class, _, heads = KINDS[kind]
-    extra = {"num_labels": num_labels} if kind == "classifier" else {}
+    spec = KINDS[kind]
+    auto_class, heads = spec.auto_class, spec.trained_heads
+    extra = {"num_labels": num_labels} if spec.classifies else {}
     device_map = "auto" if torch.cuda.is_available() else "cpu"
     model = getattr(transformers, auto_class).from_pretrained(
         path, quantization_config=bnb_config(dtype, skip_modules=heads), dtype=load_dtype(dtype),
@@ -105,7 +101,7 @@ def build_model(model_cfg: ModelConfig, dtype: DTypeConfig, lora: LoraConfig, se
     tokenizer = load_tokenizer(path)
     torch.manual_seed(seed)  # a classifier's fresh head is initialised at load
     base = load_base(path, dtype, model_cfg.kind, num_labels)
-    _, task_type, heads = KINDS[model_cfg.kind]
+    task_type, heads = KINDS[model_cfg.kind].peft_task, KINDS[model_cfg.kind].trained_heads
     stored = base_linear_bits(base, skip=_head_ids(base, heads))
     total_bits = total_stored_bits(base)
     n_params = _logical_params(base)

@@ -44,12 +44,6 @@ TARGET_GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
     },
 }
 
-# model.kind -> the families it can be (what `model.family` may name for that kind)
-KIND_FAMILIES: dict[str, list[str]] = {
-    "causal": ["bloom", "gpt2", "gpt_neox", "llama", "opt"],
-    "seq2seq": ["t5"],
-    "classifier": ["roberta"],
-}
 
 
 # A checkpoint's config.json `model_type` -> (model.kind, model.family): how `model.path=DIR`

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from qlora_lab.cache import build_lock, cache_dir
 from qlora_lab.config import Arch, ModelConfig, Pretrain
+from qlora_lab.model.kinds import KINDS
 
 BUILD_VERSION = 1  # bump when the recipe below changes
 
@@ -52,63 +53,17 @@ def _build(arch: Arch, pretrain: Pretrain, kind: str, out: Path, label: str) -> 
     from qlora_lab.data.stdlib import pretrain_text
 
     text = pretrain_text()
+    spec = KINDS[kind]
     tokenizer = train_tokenizer(text, arch.vocab_size, kind)
     torch.manual_seed(pretrain.seed)
-    model = _new_model(kind, arch, tokenizer)
+    model = spec.new_model(arch, tokenizer)
     if pretrain.steps:
         ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
-        _pretrain(model, ids, pretrain, label, _objective(kind, tokenizer))
-    if kind == "classifier":  # saved as an encoder, loaded with a fresh head: what a hub RoBERTa is
-        model.config.architectures = ["RobertaForSequenceClassification"]
+        _pretrain(model, ids, pretrain, label, spec.pretrain_loss(tokenizer))
+    if spec.saved_as:  # e.g. saved as an encoder, loaded with a fresh head: what a hub RoBERTa is
+        model.config.architectures = [spec.saved_as]
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-
-
-def _new_model(kind: str, arch: Arch, tokenizer):
-    """A randomly initialised model of the kind's family, shaped by `arch`."""
-    from transformers import LlamaConfig, LlamaForCausalLM, RobertaConfig, RobertaForMaskedLM, T5Config
-    from transformers import T5ForConditionalGeneration
-
-    specials = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=tokenizer.pad_token_id)
-    if kind == "seq2seq":  # T5 1.1: gated-GELU MLP (wi_0, wi_1, wo), untied head
-        return T5ForConditionalGeneration(T5Config(
-            vocab_size=len(tokenizer), d_model=arch.hidden_size, d_ff=arch.intermediate_size,
-            d_kv=arch.hidden_size // arch.num_heads, num_layers=arch.num_layers, num_heads=arch.num_heads,
-            feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=tokenizer.pad_token_id,
-            dropout_rate=0.0, **specials))
-    if kind == "classifier":
-        return RobertaForMaskedLM(RobertaConfig(
-            vocab_size=len(tokenizer), hidden_size=arch.hidden_size, intermediate_size=arch.intermediate_size,
-            num_hidden_layers=arch.num_layers, num_attention_heads=arch.num_heads,
-            max_position_embeddings=arch.max_seq_len + 2, **specials))
-    return LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=arch.hidden_size, intermediate_size=arch.intermediate_size,
-        num_hidden_layers=arch.num_layers, num_attention_heads=arch.num_heads, num_key_value_heads=arch.num_heads,
-        max_position_embeddings=arch.max_seq_len, tie_word_embeddings=False, **specials))
-
-
-def _objective(kind: str, tokenizer):
-    """batch of token windows -> the kind's pretraining loss."""
-    import torch
-
-    if kind == "seq2seq":  # the first half in, the second half out
-        def continuation(model, batch):
-            half = batch.shape[1] // 2
-            return model(input_ids=batch[:, :half], labels=batch[:, half:].contiguous()).loss
-        return continuation
-    if kind == "classifier":  # BERT's masking: 15% of tokens, 80% of them <mask>, 10% random, 10% kept
-        def masked(model, batch):
-            picked = torch.rand(batch.shape) < 0.15
-            labels = torch.where(picked, batch, torch.full_like(batch, -100))
-            inputs = batch.clone()
-            roll = torch.rand(batch.shape)
-            inputs[picked & (roll < 0.8)] = tokenizer.mask_token_id
-            swap = picked & (roll >= 0.8) & (roll < 0.9)
-            inputs[swap] = torch.randint(len(tokenizer), (int(swap.sum()),))
-            return model(input_ids=inputs, labels=labels).loss
-        return masked
-    return lambda model, batch: model(input_ids=batch, labels=batch).loss
 
 
 def _pretrain(model, ids, pretrain: Pretrain, label: str, objective) -> None:
@@ -146,10 +101,11 @@ def train_tokenizer(text: str, vocab_size: int, kind: str = "causal"):
     Encoder kinds add their family's special tokens around a text (T5: `a </s>`; RoBERTa:
     `<s> a </s></s> b </s>`, and a <mask> for pretraining); the causal one adds none (the run
     puts bos and eos where the paper's code did)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<pad>", "<s>", "</s>"] + (["<mask>"] if kind == "classifier" else [])
+    spec = KINDS[kind]
+    specials = ["<pad>", "<s>", "</s>"] + (["<mask>"] if spec.mask_token else [])
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
@@ -157,14 +113,9 @@ def train_tokenizer(text: str, vocab_size: int, kind: str = "causal"):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     core.train_from_iterator(_chunks(text), trainer=trainer)
     ids = {token: core.token_to_id(token) for token in specials}
-    if kind == "seq2seq":
-        core.post_processor = processors.TemplateProcessing(
-            single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", ids["</s>"])])
-    elif kind == "classifier":
-        core.post_processor = processors.TemplateProcessing(
-            single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
-            special_tokens=[("<s>", ids["<s>"]), ("</s>", ids["</s>"])])
-    extra = {"mask_token": "<mask>"} if kind == "classifier" else {}
+    if spec.template is not None:
+        core.post_processor = spec.template(ids)
+    extra = {"mask_token": "<mask>"} if spec.mask_token else {}
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
                                    **extra)
 
