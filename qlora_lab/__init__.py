@@ -44,3 +44,14 @@ def pick(key, table, *default):
 
 
 OmegaConf.register_new_resolver("pick", pick, replace=True)
+
+
+def _register_schemas() -> None:
+    """Every process that composes a config (the launch's, a local worker, a cluster job that
+    unpickles its launcher) imports this package first."""
+    from qlora_lab.config import register_schemas
+
+    register_schemas()
+
+
+_register_schemas()

@@ -385,6 +385,19 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+SCHEMA_GROUP = "schema"  # a group's YAML starts from `/schema/<group>@_here_`: the dataclass's defaults
+
+
+def register_schemas() -> None:
+    """Each group's dataclass defaults as a Hydra config (`/schema/<group>`), so the group's YAML
+    files hold only what differs from them: one source of truth for every default."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for name, cls in GROUPS.items():
+        store.store(group=SCHEMA_GROUP, name=name, node=dataclasses.asdict(cls()))
+
+
 def objectives() -> tuple[str, ...]:
     """What `eval.objective` may name: every registered evaluation's numbers, and the training loss."""
     from qlora_lab.evaluate.registry import metric_names

@@ -88,3 +88,21 @@ def test_explicit_target_list_is_accepted(default_tree):
     tree = copy.deepcopy(default_tree)
     tree["lora"]["targets"] = ["q_proj", "v_proj"]
     assert run_config(tree).lora.targets == ["q_proj", "v_proj"]
+
+
+@pytest.mark.parametrize("group", ["model", "dataset", "dtype", "lora", "train", "eval"])
+def test_group_yaml_files_hold_only_what_differs_from_the_dataclass_defaults(group):
+    """One source of truth: each group's dataclass is its Hydra schema (`/schema/<group>`), and its
+    YAML files start from it and write only the values that differ."""
+    import dataclasses
+
+    import yaml
+
+    from qlora_lab.config import GROUPS
+
+    defaults = dataclasses.asdict(GROUPS[group]())
+    for path in sorted((CONF_DIR / group).glob("*.yaml")):
+        loaded = yaml.safe_load(path.read_text())
+        assert loaded.pop("defaults") == [f"/schema/{group}@_here_", "_self_"], path
+        same = [key for key, value in loaded.items() if key in defaults and value == defaults[key]]
+        assert not same, f"{path.name} repeats the defaults of {', '.join(same)}"
