@@ -11,7 +11,8 @@ import math
 import os
 import time
 import traceback
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from qlora_lab.cache import file_lock
@@ -60,8 +61,6 @@ def run(config: RunConfig, run_dir: Path, overrides: list[str]) -> Outcome:
 
 def with_native_compute(config: RunConfig) -> RunConfig:
     """`dtype.compute_dtype=auto` resolved here, so the record and run_id name what ran."""
-    import dataclasses
-
     from qlora_lab.model.dtypes import native_compute_dtype
 
     if config.dtype.compute_dtype != "auto":
@@ -82,30 +81,48 @@ def _reusable(run_dir: Path, wanted: str) -> Record | None:
 _RUNS_IN_PROCESS = {"n": 0}  # runs this process has started (an in-process sweep runs many)
 
 
+@dataclass
+class Measured:
+    """The record's measured sections, each step's returned values added as they come: a failure
+    keeps what the steps before it measured."""
+
+    env: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    timing: dict = field(default_factory=dict)
+    memory: dict = field(default_factory=dict)
+
+    def add(self, **sections: dict) -> None:
+        for name, values in sections.items():
+            getattr(self, name).update(values)
+
+
 def _run(config: RunConfig, run_dir: Path, overrides: list[str]) -> Record:
     _RUNS_IN_PROCESS["n"] += 1
     _first_sigint_only()
     (run_dir / "traceback.txt").unlink(missing_ok=True)  # a rerun's folder holds only its own failure
-    record = Record(run_id=run_id(config.to_dict()), overrides=overrides, config=config.to_dict(),
-                    started_at=utc_now())
-    start = time.perf_counter()
+    started_at, start, measured = utc_now(), time.perf_counter(), Measured()
+    status, error = "failed", None
     reset_peak_rss()
     reset_peak_gpu()
     try:
-        _train_and_evaluate(config, run_dir, record, start)
-        record.status = "ok"
+        _train_and_evaluate(config, run_dir, overrides, start, measured)
+        status = "ok"
     except Exception as err:  # the record says what failed; the sweep goes on
-        record.error = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        error = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
         (run_dir / "traceback.txt").write_text(traceback.format_exc())
-        log.error("run %s failed: %s", run_dir, record.error)
+        log.error("run %s failed: %s", run_dir, error)
     except KeyboardInterrupt as err:  # Ctrl-C: the record says where; the launch stops (exit 130)
-        record.error = str(err) if str(err).startswith("interrupted") else "interrupted (SIGINT) at step 0"
-        log.error("run %s: %s", run_dir, record.error)
+        error = str(err) if str(err).startswith("interrupted") else "interrupted (SIGINT) at step 0"
+        log.error("run %s: %s", run_dir, error)
         raise
     finally:
-        record.timing["wall_s"] = round(time.perf_counter() - start, 3)
-        record.memory.update(peak_rss_mb=round(peak_rss_mb(), 1), peak_gpu_mb=peak_gpu_mb())
-        record.finished_at = utc_now()
+        measured.add(timing={"wall_s": round(time.perf_counter() - start, 3)},
+                     memory={"peak_rss_mb": round(peak_rss_mb(), 1), "peak_gpu_mb": peak_gpu_mb()})
+        record = Record(run_id=run_id(config.to_dict()), status=status, error=error, overrides=overrides,
+                        config=config.to_dict(), started_at=started_at, finished_at=utc_now(),
+                        **dataclasses.asdict(measured))  # the record, built here and only here
         write_record(run_dir, record)
         _finish_wandb()
     return record
@@ -128,7 +145,10 @@ def _first_sigint_only() -> None:
         signal.signal(signal.SIGINT, interrupt)
 
 
-def _train_and_evaluate(config: RunConfig, run_dir: Path, record: Record, start: float) -> None:
+def _train_and_evaluate(config: RunConfig, run_dir: Path, overrides: list[str], start: float,
+                        measured: Measured) -> None:
+    """Data, model, (the quantized base's measures), training, evaluation: each step returns what
+    it measured, added to `measured` at once."""
     import torch
 
     from qlora_lab.data.glue import num_labels
@@ -137,11 +157,11 @@ def _train_and_evaluate(config: RunConfig, run_dir: Path, record: Record, start:
     from qlora_lab.model.build import adapter_dir, build_model, full_model_dir
     from qlora_lab.model.kinds import KINDS
 
-    record.env = environment("cuda:" + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
-    record.env["warm_start"] = _RUNS_IN_PROCESS["n"] > 1  # libraries imported by an earlier run of this process
+    measured.add(env={**environment("cuda:" + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"),
+                      "warm_start": _RUNS_IN_PROCESS["n"] > 1})  # libraries imported by an earlier run of this process
     splits = load_splits(config.dataset)  # bad data fails here, before any model is loaded
-    record.data = {"name": config.dataset.name, "fingerprint": splits.fingerprint,
-                   "n_train": len(splits.train), "n_eval": len(splits.eval), "eval_split": splits.eval_split}
+    measured.add(data={"name": config.dataset.name, "fingerprint": splits.fingerprint, "n_train": len(splits.train),
+                       "n_eval": len(splits.eval), "eval_split": splits.eval_split})
     evaluations = enabled_evaluations(config)
     prepared = {e.name: e.prepare(config) for e in evaluations if e.prepare}  # bad inputs fail before any model
     tc = config.train
@@ -150,19 +170,22 @@ def _train_and_evaluate(config: RunConfig, run_dir: Path, record: Record, start:
     built = build_model(config.model, config.dtype, config.lora, seed=tc.seed,
                         gradient_checkpointing=tc.gradient_checkpointing,
                         num_labels=None if classes is None else num_labels(config.dataset.task))
-    record.timing["load_s"] = round(time.perf_counter() - load_start, 3)  # a first-ever build included
-    record.model = vars(built.info).copy()
+    measured.add(timing={"load_s": round(time.perf_counter() - load_start, 3)},  # a first-ever build included
+                 model=vars(built.info))
     encode = KINDS[config.model.kind].encode(tc, built.tokenizer, classes)  # pairs -> the kind's examples
     inputs = lambda evaluation: EvalInputs(built.model, built.tokenizer, config, splits.eval, encode, run_dir,
                                            prepared.get(evaluation.name))
     before = [e for e in evaluations if e.before_training(config)]
-    record.metrics.update(_measure(config, built, before, inputs))  # the quantized base, before any adapter update
+    measured.add(metrics=_measure(config, built, before, inputs))  # the quantized base, before any adapter update
     if tc.max_steps > 0:
-        _train(config, built, encode(splits.train), run_dir, record, start)
+        trained = _train(config, built, encode(splits.train), run_dir, overrides, start)
+        measured.add(**trained.sections)
+        if trained.bad_step is not None:
+            raise FloatingPointError(f"training loss is not finite from step {trained.bad_step}")
         built.model.save_pretrained(adapter_dir(run_dir) if config.lora.enabled else full_model_dir(run_dir))
     eval_start = time.perf_counter()
-    record.metrics.update(_measure(config, built, [e for e in evaluations if e not in before], inputs))
-    record.timing["eval_s"] = round(time.perf_counter() - eval_start, 3)
+    measured.add(metrics=_measure(config, built, [e for e in evaluations if e not in before], inputs))
+    measured.add(timing={"eval_s": round(time.perf_counter() - eval_start, 3)})
 
 
 def _measure(config: RunConfig, built, evaluations: list, inputs) -> dict:
@@ -187,33 +210,39 @@ def _classes(config: RunConfig) -> list | None:
     return GLUE_TASKS[config.dataset.task].labels if KINDS[config.model.kind].classifies else None
 
 
-def _train(config: RunConfig, built, examples: list[dict], run_dir: Path, record: Record, start: float) -> None:
+@dataclass
+class Trained:
+    sections: dict  # record section -> what training measured (metrics, timing, memory, env)
+    bad_step: int | None  # the first step whose loss is not finite
+
+
+def _train(config: RunConfig, built, examples: list[dict], run_dir: Path, overrides: list[str],
+           start: float) -> Trained:
     from qlora_lab.fit import fit, window_mean
 
-    run_name = ",".join(record.overrides) or "defaults"
+    run_name = ",".join(overrides) or "defaults"
     if config.train.report_to == "wandb":
-        _start_wandb(run_dir, run_name, record)
+        _start_wandb(run_dir, run_name, config)
     fit_start = time.perf_counter()
     result = fit(built.model, built.tokenizer, examples, config.train, config.dtype.compute_dtype, run_dir,
                  run_name=run_name)
-    record.metrics["train_loss_first"] = window_mean(result.step_losses, "first")
-    record.metrics["train_loss_last"] = window_mean(result.step_losses, "last")
-    record.metrics["train_steps"] = len(result.step_losses)
-    record.memory["peak_tensor_mb"] = result.peak_tensor_mb
-    record.memory["estimate"] = _memory_estimate(config)
-    record.env["optimizer"] = result.optimizer
     first_step_s = None if result.first_step_s is None else fit_start - start + result.first_step_s
     # the process's start-up counts for its first run only; a later run of an in-process sweep
     # counts from its own start (else the fifth run reports four runs' worth of "start-up")
     to_first_step = result.process_to_first_step_s if _RUNS_IN_PROCESS["n"] <= 1 else first_step_s
-    record.timing.update(train_s=round(result.train_s, 3), peak_measure_s=round(result.measure_s, 3),
-                         tokens=result.tokens, resumed_from_step=result.resumed_from_step,
-                         tokens_per_s=round(result.tokens / result.train_s, 1),  # this process's tokens and time
-                         first_step_s=None if first_step_s is None else round(first_step_s, 3),
-                         process_to_first_step_s=None if to_first_step is None else round(to_first_step, 3))
     bad = [i + 1 for i, loss in enumerate(result.step_losses) if not math.isfinite(loss)]
-    if bad:
-        raise FloatingPointError(f"training loss is not finite from step {bad[0]}")
+    return Trained(sections={
+        "metrics": {"train_loss_first": window_mean(result.step_losses, "first"),
+                    "train_loss_last": window_mean(result.step_losses, "last"),
+                    "train_steps": len(result.step_losses)},
+        "memory": {"peak_tensor_mb": result.peak_tensor_mb, "estimate": _memory_estimate(config)},
+        "env": {"optimizer": result.optimizer},
+        "timing": {"train_s": round(result.train_s, 3), "peak_measure_s": round(result.measure_s, 3),
+                   "tokens": result.tokens, "resumed_from_step": result.resumed_from_step,
+                   "tokens_per_s": round(result.tokens / result.train_s, 1),  # this process's tokens and time
+                   "first_step_s": None if first_step_s is None else round(first_step_s, 3),
+                   "process_to_first_step_s": None if to_first_step is None else round(to_first_step, 3)},
+    }, bad_step=bad[0] if bad else None)
 
 
 def _memory_estimate(config: RunConfig) -> dict | None:
@@ -226,7 +255,7 @@ def _memory_estimate(config: RunConfig) -> dict | None:
         return None
 
 
-def _start_wandb(run_dir: Path, run_name: str, record: Record) -> None:
+def _start_wandb(run_dir: Path, run_name: str, config: RunConfig) -> None:
     """One wandb run per run folder, offline unless WANDB_MODE says otherwise.
 
     Opened here rather than by the Trainer's callback: wandb reads WANDB_DIR once per process,
@@ -235,7 +264,7 @@ def _start_wandb(run_dir: Path, run_name: str, record: Record) -> None:
     import wandb
 
     wandb.init(dir=str(run_dir), project=os.environ.get("WANDB_PROJECT", "qlora-lab"), name=run_name,
-               config={**record.config, "run_id": record.run_id}, mode=os.environ.get("WANDB_MODE", "offline"),
+               config={**config.to_dict(), "run_id": run_id(config.to_dict())}, mode=os.environ.get("WANDB_MODE", "offline"),
                reinit="finish_previous",
                settings=wandb.Settings(quiet=True))  # its history block stays in the run's files, not the console
 
