@@ -11,7 +11,8 @@ The local pool's runs share the machine (one worker per core, one thread each), 
 recorded times are stretched; the basic launch's are not.
 
     python benchmarks/sweep_overhead.py                 # the smoke sweep (4 runs)
-    python benchmarks/sweep_overhead.py --sweep micro   # the micro-study's 63 runs (about 40 minutes)
+    python benchmarks/sweep_overhead.py --sweep micro   # the micro-study's 63 runs (over an hour here)
+    python benchmarks/sweep_overhead.py --sweep micro train.seed=0   # its 21 runs of one seed
 """
 
 from __future__ import annotations
@@ -54,11 +55,13 @@ def launch(sweep: str, launcher: str, sweep_dir: Path, only: tuple[str, ...] = (
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", default="smoke")
+    parser.add_argument("overrides", nargs="*", help="added to every launch (train.seed=0: micro's 21 runs of one seed)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         # bases, tokenizers and cached evaluation data built first, outside every measured launch
         launch(args.sweep, "basic", Path(tmp) / "warm-up", ONE_JOB[args.sweep])
-        rows = [launch(args.sweep, "basic", Path(tmp) / "basic"), launch(args.sweep, "local", Path(tmp) / "local")]
+        rows = [launch(args.sweep, "basic", Path(tmp) / "basic", tuple(args.overrides)),
+                launch(args.sweep, "local", Path(tmp) / "local", tuple(args.overrides))]
         if args.sweep == "smoke":
             rows.append(launch(args.sweep, "local", Path(tmp) / "local-1", only=ONE_JOB["smoke"]))
     alone = rows[0]["runs_sum_s"]
