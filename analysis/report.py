@@ -92,7 +92,8 @@ def write_report(report: Report, dirs: list, out: Path) -> Path:
     else:
         lines += [f"- `{shown_run_dir(row.run_dir, dirs)}`: {row.reason}" for row in report.left_out.itertuples()]
     if not report.runs.empty:
-        report.runs.to_csv(out / "runs.csv", index=False)
+        shown = report.runs.assign(run_dir=[shown_run_dir(d, dirs) for d in report.runs["run_dir"]])
+        shown.to_csv(out / "runs.csv", index=False)  # folders as shown in the report, not this machine's paths
         lines += ["", "Every counted run, one row each: runs.csv"]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -6,12 +6,12 @@ line (the traceback beside it in `traceback.txt`), and everything measured up to
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 import time
 import traceback
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -135,6 +135,7 @@ def test_a_sweep_gets_its_own_table_with_intervals_and_readable_labels(tmp_path:
     text = (out / "report.md").read_text()
     assert "data type × LoRA targets" in text and "('" not in text  # no Python tuples as labels
     assert str(tmp_path) not in text  # no absolute path of this machine
+    assert str(tmp_path) not in (out / "runs.csv").read_text() and "sweep/0" in (out / "runs.csv").read_text()
 
 
 def test_report_lists_a_corrupt_record_under_runs_left_out(tmp_path: Path):
