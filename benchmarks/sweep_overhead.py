@@ -36,10 +36,11 @@ ONE_JOB = {  # the command line's values replace the sweep file's axes: one run
 }
 
 
-def launch(sweep: str, launcher: str, sweep_dir: Path, only: tuple[str, ...] = ()) -> dict:
+def launch(sweep: str, launcher: str, sweep_dir: Path, only: tuple[str, ...] = (), extra: tuple[str, ...] = ()) -> dict:
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "qlora_lab.train", "-m", f"+sweep={sweep}",
-                           f"hydra/launcher={launcher}", "train.report_to=none", f"hydra.sweep.dir={sweep_dir}", *only],
+                           f"hydra/launcher={launcher}", "train.report_to=none", f"hydra.sweep.dir={sweep_dir}", *only,
+                           *extra],
                           capture_output=True, text=True)
     wall = time.perf_counter() - start
     records = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/record.json"))]
@@ -60,8 +61,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # bases, tokenizers and cached evaluation data built first, outside every measured launch
         launch(args.sweep, "basic", Path(tmp) / "warm-up", ONE_JOB[args.sweep])
-        rows = [launch(args.sweep, "basic", Path(tmp) / "basic", tuple(args.overrides)),
-                launch(args.sweep, "local", Path(tmp) / "local", tuple(args.overrides))]
+        rows = [launch(args.sweep, "basic", Path(tmp) / "basic", extra=tuple(args.overrides)),
+                launch(args.sweep, "local", Path(tmp) / "local", extra=tuple(args.overrides))]
         if args.sweep == "smoke":
             rows.append(launch(args.sweep, "local", Path(tmp) / "local-1", only=ONE_JOB["smoke"]))
     alone = rows[0]["runs_sum_s"]
