@@ -89,12 +89,12 @@ def fit(model, tokenizer, examples: list[dict], cfg: TrainConfig, compute_dtype:
     out_dir = run_dir / "checkpoints"
     out_dir.mkdir(parents=True, exist_ok=True)
     args = training_arguments(cfg, compute_dtype, out_dir, run_name)
-    start = time.perf_counter()
     first_step, peak = training_callbacks(cfg.cpu_tensor_peak)
     trainer = Trainer(model=model, args=args, train_dataset=examples,
                       data_collator=PadCollator(tokenizer.pad_token_id), callbacks=[first_step, peak])
     resume = resume_point(out_dir, cfg.max_steps)
     tokens_before = _tokens_seen(resume)
+    start = time.perf_counter()  # train_s: inside Trainer.train only, as a plain script times it
     try:
         trainer.train(resume_from_checkpoint=resume)
     except KeyboardInterrupt:
