@@ -18,7 +18,6 @@ from qlora_lab.records import RECORD_NAME, SCHEMA
 # add their own keys beside these.
 STANDARD_AXES = ("model", "dataset", "dataset.task", "dtype", "dtype.double_quant", "dtype.backend",
                  "dtype.blocksize", "lora.targets", "lora.r", "train.learning_rate", "train.max_steps", "train.seed")
-GROUPS = ("model", "dataset", "dtype", "lora", "train", "eval")
 # The metrics the tables read: a column each even where no run has one. Every other number a
 # record's `metrics` holds (a new evaluation's) becomes a column too, read off the records.
 METRICS = ("eval_loss", "ppl", "base_ppl", "rougeL", "mmlu_acc", "accuracy", "zero_shot_mean", "train_loss_first",
@@ -126,9 +125,10 @@ def _read(path: Path) -> dict:
 
 
 def config_value(config: dict, path: str):
-    """A config path's value; a group's own name for a bare group (`dtype` -> `nf4`)."""
-    if path in GROUPS and isinstance(config.get(path), dict):
-        return config[path].get("name")
+    """A config path's value; a group's own name for a bare group (`dtype` -> `nf4`): a group is
+    a section of the record's config with a `name`."""
+    if isinstance(config.get(path), dict) and "name" in config[path]:
+        return config[path]["name"]
     node = config
     for part in path.split("."):
         if not isinstance(node, dict) or part not in node:

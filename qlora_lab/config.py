@@ -20,7 +20,6 @@ from qlora_lab.model.kinds import KINDS
 from qlora_lab.model.targets import TARGET_GROUPS, target_names
 
 
-PROMPT_SET_NAMES = ("oasst1", "vicuna")  # eval.prompts by name (qlora_lab.evaluate.prompt_sets.PROMPT_SETS)
 
 
 @dataclass
@@ -330,9 +329,11 @@ class EvalConfig:
         at_least("eval.n_generate", self.n_generate, 0)
         positive("eval.max_new_tokens", self.max_new_tokens)
         choice("eval.sampling", self.sampling, ("greedy", "paper"))
+        from qlora_lab.evaluate.prompt_sets import PROMPT_SETS
+
         for item in [self.prompts] if isinstance(self.prompts, str) else self.prompts or []:
-            if item not in PROMPT_SET_NAMES and not Path(item).is_file():
-                raise ConfigError("eval.prompts", item, f"no such file (or a named set: {', '.join(PROMPT_SET_NAMES)})")
+            if item not in PROMPT_SETS and not Path(item).is_file():
+                raise ConfigError("eval.prompts", item, f"no such file (or a named set: {', '.join(PROMPT_SETS)})")
         if "{prompt}" not in self.prompt_template:
             raise ConfigError("eval.prompt_template", self.prompt_template, "must contain {prompt}")
         self.mmlu.validate()

@@ -11,10 +11,7 @@ from pathlib import Path
 
 from qlora_lab.config import DatasetConfig
 from qlora_lab.data.formats import FORMATS
-
-
-class DataError(ValueError):
-    """Bad data, said in one line: which file or dataset, where, what was expected."""
+from qlora_lab.data.rows import DataError, read_json_rows
 
 
 @dataclass
@@ -172,31 +169,3 @@ def _hub_offline(offline: bool):
         yield
     finally:
         datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
-
-
-def parse_jsonl(text: str, source) -> list:
-    """One JSON value per non-blank line; a bad line is named by its source and line number."""
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise DataError(f"{source}:{number}: not valid JSON ({err.msg})") from None
-    return rows
-
-
-def read_json_rows(path: Path) -> list[dict]:
-    """A JSON array of objects, or JSONL; a bad line is named by file and line number."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json" and text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
-    else:
-        rows = parse_jsonl(text, path)
-    for number, row in enumerate(rows, start=1):
-        if not isinstance(row, dict):
-            raise DataError(f"{path}: row {number} is a {type(row).__name__}, expected an object")
-    return rows

@@ -62,7 +62,7 @@ def named_prompts(name: str) -> list[dict]:
 
 def read_prompts(path: Path) -> list[dict]:
     """A prompts JSONL: id, prompt and an optional reference per line."""
-    from qlora_lab.data.load import read_json_rows
+    from qlora_lab.data.rows import read_json_rows
 
     rows = read_json_rows(path)
     for number, row in enumerate(rows, start=1):
@@ -91,7 +91,7 @@ def _fetched_rows(name: str, spec: dict) -> list[dict]:
 
 
 def _parse(name: str, source: str, text: str) -> list[dict]:
-    from qlora_lab.data.load import DataError, parse_jsonl
+    from qlora_lab.data.rows import DataError, parse_jsonl
 
     try:
         return parse_jsonl(text, source)
