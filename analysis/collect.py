@@ -176,11 +176,16 @@ def config_label(row: dict) -> str:
     return f"{row['dtype_label']} · {row.get('lora.targets') or '?'} · r{row.get('lora.r') or '?'}"
 
 
+def paper_name(dtype: str) -> str:
+    """A data type's name as the paper writes it, by rule rather than a copied list: nf4 -> NF4,
+    fp4_e3m0 -> FP4-E3M0, int4 -> Int4, bf16 -> BF16."""
+    label = dtype.upper().replace("_", "-")
+    return "Int" + label[3:] if label.startswith("INT") else label
+
+
 def dtype_label(row: dict) -> str:
     """The paper's names: NF4+DQ, FP4, Int4, BF16, ..."""
-    name = str(row.get("dtype") or "?")
-    label = {"nf4": "NF4", "fp4": "FP4", "int4": "Int4", "nf3": "NF3", "nf2": "NF2", "fp4_e3m0": "FP4-E3M0",
-             "int8": "Int8", "bf16": "BF16", "fp32": "FP32"}.get(name, name)
+    label = paper_name(str(row.get("dtype") or "?"))
     if row.get("full_finetune"):
         return f"{label} full"  # Table 3's "BF16 full fine-tuning" row; LoRA on the same dtype is plain BF16
     return label + ("+DQ" if row.get("dtype.double_quant") is True else "")
