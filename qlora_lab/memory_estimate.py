@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 from qlora_lab.config import RunConfig
 from qlora_lab.model.dtypes import DTYPES
-from qlora_lab.model.targets import target_names
+from qlora_lab.model.targets import LINEAR_SHAPES, target_names
 
 BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 OPTIMIZER_BYTES = {  # per trainable parameter
@@ -43,19 +43,13 @@ class MemoryEstimate:
 
 
 def linear_shapes(arch, family: str) -> dict[str, tuple[int, int]]:
-    """(in, out) features of each linear layer of one decoder block, by module name."""
-    h, f = arch.hidden_size, arch.intermediate_size
-    if family == "llama":
-        return {"q_proj": (h, h), "k_proj": (h, h), "v_proj": (h, h), "o_proj": (h, h),
-                "gate_proj": (h, f), "up_proj": (h, f), "down_proj": (f, h)}
-    if family == "opt":
-        return {"q_proj": (h, h), "k_proj": (h, h), "v_proj": (h, h), "out_proj": (h, h), "fc1": (h, f), "fc2": (f, h)}
-    if family in ("gpt_neox", "bloom"):
-        return {"query_key_value": (h, 3 * h), "dense": (h, h), "dense_h_to_4h": (h, f), "dense_4h_to_h": (f, h)}
-    if family == "gpt2":
-        return {"c_attn": (h, 3 * h), "attn.c_proj": (h, h), "c_fc": (h, f), "mlp.c_proj": (f, h)}
-    raise ValueError(f"memory estimate: model.family={family}: only decoder-only (llama, opt, gpt_neox, bloom, gpt2) "
-                     f"shapes are known")
+    """(in, out) features of each linear layer of one decoder block, by module name (the family's
+    own, from qlora_lab.model.targets.LINEAR_SHAPES)."""
+    sizes = {"h": arch.hidden_size, "f": arch.intermediate_size, "3h": 3 * arch.hidden_size}
+    if family not in LINEAR_SHAPES:
+        raise ValueError(f"memory estimate: model.family={family}: only decoder-only "
+                         f"({', '.join(LINEAR_SHAPES)}) shapes are known")
+    return {name: (sizes[n_in], sizes[n_out]) for name, (n_in, n_out) in LINEAR_SHAPES[family].items()}
 
 
 def stored_bytes_per_weight(dtype) -> float:

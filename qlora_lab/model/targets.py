@@ -46,6 +46,21 @@ TARGET_GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
 
 
 
+# (in, out) of each linear layer of one decoder block, by the family's module names: h hidden,
+# f the MLP's width, 3h a fused q/k/v projection. What the planner's memory estimate counts.
+LINEAR_SHAPES: dict[str, dict[str, tuple[str, str]]] = {
+    "llama": {"q_proj": ("h", "h"), "k_proj": ("h", "h"), "v_proj": ("h", "h"), "o_proj": ("h", "h"),
+              "gate_proj": ("h", "f"), "up_proj": ("h", "f"), "down_proj": ("f", "h")},
+    "opt": {"q_proj": ("h", "h"), "k_proj": ("h", "h"), "v_proj": ("h", "h"), "out_proj": ("h", "h"),
+            "fc1": ("h", "f"), "fc2": ("f", "h")},
+    "gpt_neox": {"query_key_value": ("h", "3h"), "dense": ("h", "h"), "dense_h_to_4h": ("h", "f"),
+                 "dense_4h_to_h": ("f", "h")},
+    "bloom": {"query_key_value": ("h", "3h"), "dense": ("h", "h"), "dense_h_to_4h": ("h", "f"),
+              "dense_4h_to_h": ("f", "h")},
+    "gpt2": {"c_attn": ("h", "3h"), "attn.c_proj": ("h", "h"), "c_fc": ("h", "f"), "mlp.c_proj": ("f", "h")},
+}
+
+
 # A checkpoint's config.json `model_type` -> (model.kind, model.family): how `model.path=DIR`
 # learns what it loads. Llama's descendants name their projections as Llama does.
 MODEL_TYPES: dict[str, tuple[str, str]] = {
