@@ -178,8 +178,10 @@ def config_label(row: dict) -> str:
 
 def paper_name(dtype: str) -> str:
     """A data type's name as the paper writes it, by rule rather than a copied list: nf4 -> NF4,
-    fp4_e3m0 -> FP4-E3M0, int4 -> Int4, bf16 -> BF16."""
-    label = dtype.upper().replace("_", "-")
+    fp4_e3m0 -> FP4-E3M0, int4 -> Int4, bf16 -> BF16, int4_affine -> Int4-affine (a part without
+    digits is a word, kept in lower case)."""
+    parts = [part if part.isalpha() and i else part.upper() for i, part in enumerate(dtype.split("_"))]
+    label = "-".join(parts)
     return "Int" + label[3:] if label.startswith("INT") else label
 
 

@@ -3,7 +3,9 @@
 Each block of `blocksize` weights keeps its absmax; every weight becomes the code of the
 nearest codebook value to weight / absmax. The float steps are bitsandbytes' own (scale by
 the reciprocal in full blocks, divide in the tail, clamp, nearest by midpoints), so NF4
-packs to the same bytes and dequantizes to the same values.
+packs to the same bytes and dequantizes to the same values. An affine data type (int4_affine)
+first centres each block on the midpoint of its minimum and maximum and stores that centre: its
+absmax is then half the block's range, and dequantizing adds the centre back.
 """
 
 from __future__ import annotations
@@ -36,14 +38,36 @@ def quantize(weight: torch.Tensor, book: str | Codebook, blocksize: int = 64, do
     check_blocksize(blocksize)
     book = codebook(book)
     flat = weight.reshape(-1).float()
+    offsets = None
+    if book.affine:  # centred per block (shared torch steps, so both codecs below see the same input)
+        offsets = block_centres(flat, blocksize)
+        flat = flat - _per_element(offsets, flat.numel(), blocksize)
     if _compiled(book, flat):
         midpoints, order = sorted_codes(book.values)
         packed, absmax = native.quantize_4bit(flat, midpoints, order, book.zero_code, blocksize)
     else:
         packed, absmax = _quantize_torch(flat, book, blocksize)
     nested = quantize_absmax(absmax) if double_quant else None
+    nested_offsets = quantize_absmax(offsets) if double_quant and offsets is not None else None
     return QuantState(packed=packed, absmax=None if double_quant else absmax, nested=nested, shape=weight.shape,
-                      dtype=weight.dtype, blocksize=blocksize, codebook=book)
+                      dtype=weight.dtype, blocksize=blocksize, codebook=book,
+                      offsets=None if double_quant else offsets, nested_offsets=nested_offsets)
+
+
+def block_centres(flat: torch.Tensor, blocksize: int) -> torch.Tensor:
+    """(min + max) / 2 of each block of a flat float32 tensor (the last may be short)."""
+    n = flat.numel()
+    blocks = -(-n // blocksize)
+    padded = torch.nn.functional.pad(flat, (0, blocks * blocksize - n)).view(blocks, blocksize)
+    low, high = padded.amin(dim=1), padded.amax(dim=1)
+    if n % blocksize:  # the short last block's padding is not a weight
+        tail = flat[(blocks - 1) * blocksize:]
+        low[-1], high[-1] = tail.min(), tail.max()
+    return (low + high) * 0.5
+
+
+def _per_element(per_block: torch.Tensor, n: int, blocksize: int) -> torch.Tensor:
+    return per_block.repeat_interleave(blocksize)[:n]
 
 
 def _quantize_torch(flat: torch.Tensor, book: Codebook, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,14 +94,14 @@ def dequantize(state: QuantState, dtype: torch.dtype | None = None, out: torch.T
         raise ValueError(f"out must be a contiguous {dtype} tensor of shape {tuple(state.shape)}, not "
                          f"{out.dtype} {tuple(out.shape)}")
     n, bs = state.numel, state.blocksize
-    if native.triton_available() and state.packed.is_cuda and state.codebook.bits == 4:
+    if native.triton_available() and state.packed.is_cuda and state.codebook.bits == 4 and not state.codebook.affine:
         from qlora_kernels.triton_dequant import dequantize_4bit_triton
 
         values = dequantize_4bit_triton(state, dtype)
         return values if out is None else out.copy_(values)
     if _compiled(state.codebook, state.packed):
         flat = native.dequantize_4bit(state.packed.reshape(-1), state.block_absmax(), state.codebook.tensor(), n, bs,
-                                      dtype, out=None if out is None else out.view(-1))
+                                      dtype, out=None if out is None else out.view(-1), offsets=state.block_offsets())
         return flat.view(state.shape) if out is None else out
     values = _code_values(state)[:n]  # a fresh float32 tensor: scaled in place
     absmax = state.block_absmax().float()
@@ -85,6 +109,12 @@ def dequantize(state: QuantState, dtype: torch.dtype | None = None, out: torch.T
     values[:full].view(-1, bs).mul_(absmax[: full // bs].view(-1, 1))
     if full < n:
         values[full:].mul_(absmax[full // bs])
+    offsets = state.block_offsets()
+    if offsets is not None:  # affine: then each block's centre (the compiled codec adds it the same way)
+        offsets = offsets.float()
+        values[:full].view(-1, bs).add_(offsets[: full // bs].view(-1, 1))
+        if full < n:
+            values[full:].add_(offsets[full // bs])
     values = values.view(state.shape).to(dtype)
     return values if out is None else out.copy_(values)
 

@@ -2,7 +2,10 @@
 
 A shipped codebook is a line of spec in CODEBOOK_SPECS, and so is a new one: kinds are
 `normal_float` (the paper's NF: quantiles of N(0, 1)), `float` (sign, exponent, mantissa),
-`integer` (symmetric absmax) and `table` (values listed in code order, divided by `scale`).
+`integer` (symmetric absmax), `uniform` (2^k evenly spaced levels from -1 to 1) and `table`
+(values listed in code order, divided by `scale`). `affine: true` makes a data type affine: each
+block is first centred on the midpoint of its minimum and maximum (stored, one per block), so
+the codebook spans the block's range rather than its absmax on both sides.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ CODEBOOK_SPECS: dict[str, dict] = {
     "fp4_e3m0": {"kind": "float", "exponent_bits": 3, "mantissa_bits": 0},
     "int4": {"kind": "table", "values": _INT4, "scale": 7.0},
     "int8": {"kind": "integer", "bits": 8},
+    # per-block minimum and maximum, 16 uniform levels between them (a zero point per block)
+    "int4_affine": {"kind": "uniform", "bits": 4, "affine": True},
 }
 
 
@@ -34,6 +39,7 @@ class Codebook:
 
     name: str
     values: tuple[float, ...]  # float32-representable, in code order
+    affine: bool = False  # blocks centred on (min + max) / 2 before scaling; the centre stored per block
 
     def __post_init__(self):
         n = len(self.values)
@@ -81,11 +87,12 @@ def codebook(name_or_book: str | Codebook) -> Codebook:
 
 def codebook_from_spec(name: str, spec: dict) -> Codebook:
     kind = spec.get("kind")
-    builders = {"normal_float": _normal_float, "float": _float, "integer": _integer, "table": _table}
+    builders = {"normal_float": _normal_float, "float": _float, "integer": _integer, "uniform": _uniform,
+                "table": _table}
     if kind not in builders:
         raise ValueError(f"codebook {name!r}: kind {kind!r} is not one of {', '.join(builders)}")
-    args = {k: v for k, v in spec.items() if k != "kind"}
-    return Codebook(name, tuple(float(v) for v in builders[kind](**args).tolist()))
+    args = {k: v for k, v in spec.items() if k not in ("kind", "affine")}
+    return Codebook(name, tuple(float(v) for v in builders[kind](**args).tolist()), affine=bool(spec.get("affine")))
 
 
 def _normal_float(bits: int, offset: float | None = None) -> torch.Tensor:
@@ -122,6 +129,11 @@ def _integer(bits: int) -> torch.Tensor:
     below -1 held at -1 (symmetric: -127..127 for 8 bits, code 0 never chosen)."""
     half = 2 ** (bits - 1)
     return ((torch.arange(2**bits, dtype=torch.float32) - half) / (half - 1)).clamp(min=-1.0)
+
+
+def _uniform(bits: int) -> torch.Tensor:
+    """2^k evenly spaced levels from -1 to 1, both ends included (an affine block's min and max)."""
+    return torch.linspace(-1.0, 1.0, 2**bits, dtype=torch.float32)
 
 
 def _table(values: list[float], scale: float = 1.0) -> torch.Tensor:

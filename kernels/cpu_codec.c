@@ -28,7 +28,7 @@ static inline int64_t block_end(int64_t block, int64_t blocksize, int64_t n) {
 #if defined(__AVX2__)
 /* 8 bytes -> 16 values (high nibble first): two 8-entry permutes pick from the 16-value table. */
 static inline void decode16(const uint8_t *bytes, __m256 low_table, __m256 high_table, __m256 scale,
-                            __m256 *first, __m256 *second) {
+                            const float *offset, __m256 *first, __m256 *second) {
     __m128i raw = _mm_loadl_epi64((const __m128i *)bytes);
     __m128i high = _mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0x0f));
     __m128i low = _mm_and_si128(raw, _mm_set1_epi8(0x0f));
@@ -41,6 +41,10 @@ static inline void decode16(const uint8_t *bytes, __m256 low_table, __m256 high_
                                  _mm256_castsi256_ps(_mm256_slli_epi32(idx1, 28)));
     *first = _mm256_mul_ps(v0, scale);
     *second = _mm256_mul_ps(v1, scale);
+    if (offset) { /* affine blocks: then the block's centre, added (a separate rounding, as in torch) */
+        *first = _mm256_add_ps(*first, _mm256_set1_ps(*offset));
+        *second = _mm256_add_ps(*second, _mm256_set1_ps(*offset));
+    }
 }
 
 static inline __m128i to_bf16x8(__m256 values) {
@@ -73,9 +77,10 @@ void advise_huge_pages(void *buffer, int64_t bytes) {
  * and a plain store first reads each line it writes. */
 #define STREAM_MIN_BYTES (8 << 20)
 
-/* out[i] = table[code i] * absmax[block of i], as float32 (out_bf16 = 0) or bfloat16 (1). */
-void dequantize_4bit(const uint8_t *packed, const float *absmax, const float *table, void *out, int64_t n,
-                     int64_t blocksize, int64_t first, int64_t last, int32_t out_bf16) {
+/* out[i] = table[code i] * absmax[block of i] (+ offsets[block of i] where offsets is not NULL: the
+ * affine data types' block centres), as float32 (out_bf16 = 0) or bfloat16 (1). */
+void dequantize_4bit(const uint8_t *packed, const float *absmax, const float *offsets, const float *table, void *out,
+                     int64_t n, int64_t blocksize, int64_t first, int64_t last, int32_t out_bf16) {
     float pairs[512];
     for (int byte = 0; byte < 256; byte++) {
         pairs[2 * byte] = table[byte >> 4];
@@ -88,11 +93,12 @@ void dequantize_4bit(const uint8_t *packed, const float *absmax, const float *ta
     for (int64_t block = first; block < last; block++) {
         int64_t start = block * blocksize, end = block_end(block, blocksize, n), i = start;
         const float scale = absmax[block];
+        const float *offset = offsets ? offsets + block : NULL;
 #if defined(__AVX2__)
         __m256 scale8 = _mm256_set1_ps(scale);
         for (; i + 16 <= end; i += 16) {
             __m256 first8, second8;
-            decode16(packed + i / 2, low_table, high_table, scale8, &first8, &second8);
+            decode16(packed + i / 2, low_table, high_table, scale8, offset, &first8, &second8);
             if (out_bf16) {
                 __m128i *to = (__m128i *)((uint16_t *)out + i);
                 if (stream) {
@@ -113,6 +119,7 @@ void dequantize_4bit(const uint8_t *packed, const float *absmax, const float *ta
 #endif
         for (; i < end; i++) {
             float value = pairs[2 * packed[i / 2] + (i & 1)] * scale;
+            if (offset) value = value + *offset;
             if (out_bf16) ((uint16_t *)out)[i] = to_bf16(value);
             else ((float *)out)[i] = value;
         }

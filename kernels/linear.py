@@ -13,7 +13,8 @@ from qlora_kernels.blockwise import QuantState, dequantize, quantize
 from qlora_kernels.codebooks import Codebook, codebook
 from qlora_kernels.double_quant import NestedState
 
-_STATE_BUFFERS = ("packed", "absmax", "nested_codes", "nested_absmax", "nested_offset", "nested_code")
+_STATE_BUFFERS = ("packed", "absmax", "nested_codes", "nested_absmax", "nested_offset", "nested_code", "offsets",
+                  "offsets_codes", "offsets_absmax", "offsets_offset")
 
 
 class _DequantMatmul(torch.autograd.Function):
@@ -67,13 +68,18 @@ class QuantLinear(torch.nn.Module):
 
     def quant_state(self) -> QuantState:
         """The QuantState these buffers hold (views, no copies)."""
-        nested = None
+        nested = nested_offsets = None
         if self.double_quant:
             nested = NestedState(codes=self.nested_codes, absmax=self.nested_absmax,
                                  offset=float(self.nested_offset), code=self.nested_code)
+            if self.codebook.affine:
+                nested_offsets = NestedState(codes=self.offsets_codes, absmax=self.offsets_absmax,
+                                             offset=float(self.offsets_offset), code=self.nested_code)
+        offsets = self.offsets if self.codebook.affine and not self.double_quant else None
         return QuantState(packed=self.packed, absmax=None if nested else self.absmax, nested=nested,
                           shape=torch.Size((self.out_features, self.in_features)), dtype=self.weight_dtype,
-                          blocksize=self.blocksize, codebook=self.codebook)
+                          blocksize=self.blocksize, codebook=self.codebook, offsets=offsets,
+                          nested_offsets=nested_offsets)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = _DequantMatmul.apply(x.to(self.compute_dtype), self.quant_state(), self.compute_dtype)

@@ -113,7 +113,7 @@ def _compile(compiler: str, flags: list[str], target: Path) -> None:
 
 def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
     pointer, i64, i32, u8 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_uint8
-    library.dequantize_4bit.argtypes = [pointer] * 4 + [i64, i64, i64, i64, i32]
+    library.dequantize_4bit.argtypes = [pointer] * 5 + [i64, i64, i64, i64, i32]
     library.dequantize_4bit.restype = None
     library.quantize_4bit.argtypes = [pointer, pointer, pointer, u8, pointer, pointer, i64, i64, i64, i64]
     library.quantize_4bit.restype = None
@@ -143,15 +143,18 @@ def _over_blocks(call, n: int, blocksize: int) -> None:
 
 def dequantize_4bit(packed: torch.Tensor, absmax: torch.Tensor, table: torch.Tensor, n: int, blocksize: int,
                     dtype: torch.dtype, out: torch.Tensor | None = None,
-                    library: ctypes.CDLL | None = None) -> torch.Tensor:
+                    library: ctypes.CDLL | None = None, offsets: torch.Tensor | None = None) -> torch.Tensor:
     """Flat values of n 4-bit codes in `dtype` (float32 and bfloat16 written directly; others
-    through float32), into `out` where given (flat, contiguous, of `dtype`). `library`: another
-    build than the default (the tests run the portable one)."""
+    through float32), into `out` where given (flat, contiguous, of `dtype`); `offsets`, one per
+    block, added after the scale (affine data types). `library`: another build than the default
+    (the tests run the portable one)."""
     library = library or _library()
     packed, absmax, table = packed.contiguous(), absmax.float().contiguous(), table.float().contiguous()
+    offsets = None if offsets is None else offsets.float().contiguous()
     direct = dtype if dtype in (torch.float32, torch.bfloat16) else torch.float32
     target = out if out is not None and out.dtype == direct else _fresh(library, n, direct)
-    args = (packed.data_ptr(), absmax.data_ptr(), table.data_ptr(), target.data_ptr(), n, blocksize)
+    args = (packed.data_ptr(), absmax.data_ptr(), None if offsets is None else offsets.data_ptr(), table.data_ptr(),
+            target.data_ptr(), n, blocksize)
     _over_blocks(lambda first, last: library.dequantize_4bit(*args, first, last, int(direct == torch.bfloat16)),
                  n, blocksize)
     if out is not None and target is not out:

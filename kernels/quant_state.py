@@ -22,6 +22,8 @@ class QuantState:
     dtype: torch.dtype
     blocksize: int
     codebook: Codebook = field(repr=False)
+    offsets: torch.Tensor | None = None  # float32 block centres of an affine data type (None under DQ)
+    nested_offsets: NestedState | None = None  # the centres, double-quantized as the absmax is
 
     @property
     def numel(self) -> int:
@@ -31,6 +33,10 @@ class QuantState:
     def stored_bits(self) -> int:
         """Codes (a short last byte counts whole) + block constants (+ their constants)."""
         constants = self.nested.stored_bits if self.nested is not None else self.absmax.numel() * 32
+        if self.nested_offsets is not None:
+            constants += self.nested_offsets.stored_bits
+        elif self.offsets is not None:
+            constants += self.offsets.numel() * 32
         return self.packed.numel() * 8 + constants
 
     @property
@@ -39,6 +45,10 @@ class QuantState:
 
     def block_absmax(self) -> torch.Tensor:
         return dequantize_absmax(self.nested) if self.nested is not None else self.absmax
+
+    def block_offsets(self) -> torch.Tensor | None:
+        """An affine data type's block centres (dequantized under DQ); None for the others."""
+        return dequantize_absmax(self.nested_offsets) if self.nested_offsets is not None else self.offsets
 
     def to_dict(self) -> dict:
         """Tensors and plain values only: what a state_dict can hold."""
@@ -51,15 +61,25 @@ class QuantState:
             out.update(nested_codes=self.nested.codes, nested_absmax=self.nested.absmax,
                        nested_offset=torch.tensor(self.nested.offset, dtype=torch.float32),
                        nested_code=self.nested.code)
+        if self.nested_offsets is not None:
+            out.update(offsets_codes=self.nested_offsets.codes, offsets_absmax=self.nested_offsets.absmax,
+                       offsets_offset=torch.tensor(self.nested_offsets.offset, dtype=torch.float32))
+        elif self.offsets is not None:
+            out["offsets"] = self.offsets
         return out
 
     @classmethod
     def from_dict(cls, data: dict) -> QuantState:
-        book = Codebook(data["codebook"], tuple(data["codebook_values"].tolist()))
-        nested = None
+        affine = "offsets" in data or "offsets_codes" in data
+        book = Codebook(data["codebook"], tuple(data["codebook_values"].tolist()), affine=affine)
+        nested = nested_offsets = None
         if "nested_codes" in data:
             nested = NestedState(codes=data["nested_codes"], absmax=data["nested_absmax"],
                                  offset=float(data["nested_offset"]), code=data["nested_code"])
+        if "offsets_codes" in data:
+            nested_offsets = NestedState(codes=data["offsets_codes"], absmax=data["offsets_absmax"],
+                                         offset=float(data["offsets_offset"]), code=data["nested_code"])
         return cls(packed=data["packed"], absmax=data.get("absmax"), nested=nested,
                    shape=torch.Size(data["shape"].tolist()), dtype=getattr(torch, data["dtype"]),
-                   blocksize=int(data["blocksize"]), codebook=book)
+                   blocksize=int(data["blocksize"]), codebook=book, offsets=data.get("offsets"),
+                   nested_offsets=nested_offsets)

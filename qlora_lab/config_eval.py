@@ -86,6 +86,10 @@ class EvalConfig:
     mmlu: MmluConfig = field(default_factory=MmluConfig)
     ppl: PplConfig = field(default_factory=PplConfig)
     lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
+    # output fidelity: KL of the model's next-token distributions from its unquantized self's, on
+    # eval.ppl's corpus (else the held-out split), in windows of eval.ppl.seq_len
+    fidelity: bool = False
+    fidelity_tokens: int = 8192  # positions scored at most (a bare base's reference is cached: tokens x vocab floats)
     # JSONL of id, prompt[, reference], a set (oasst1, vicuna), or a list: into generations.jsonl
     prompts: Optional[Union[str, list]] = None
     prompt_template: str = "{prompt}"  # how a prompt is put to the model (Guanaco: "### Human: {prompt}### Assistant:")
@@ -94,6 +98,9 @@ class EvalConfig:
 
     def validate(self) -> None:
         positive("eval.batch_size", self.batch_size)
+        positive("eval.fidelity_tokens", self.fidelity_tokens)
+        if not isinstance(self.fidelity, bool):
+            raise ConfigError("eval.fidelity", self.fidelity, "expected true or false")
         choice("eval.objective", self.objective, objectives())
         at_least("eval.n_generate", self.n_generate, 0)
         positive("eval.max_new_tokens", self.max_new_tokens)

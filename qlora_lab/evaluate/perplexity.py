@@ -26,12 +26,9 @@ def corpus_texts(folder: str | Path | None, hub_id: str | None, hub_config: str 
     return list(datasets.load_dataset(hub_id, hub_config, split="train")[text_field])
 
 
-@no_grad
-def corpus_perplexity(model, tokenizer, texts: list[str], seq_len: int, max_tokens: int,
-                      batch_size: int) -> tuple[float, int]:
-    """(perplexity, tokens scored) over at most max_tokens tokens."""
-    import torch
-
+def corpus_windows(tokenizer, texts: list[str], seq_len: int, max_tokens: int) -> list[list[int]]:
+    """The texts joined by eos, cut at max_tokens + 1 tokens into non-overlapping windows of
+    seq_len (the last may be shorter; a window of one token predicts nothing and is dropped)."""
     ids: list[int] = []
     for text in texts:
         ids += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
@@ -39,7 +36,16 @@ def corpus_perplexity(model, tokenizer, texts: list[str], seq_len: int, max_toke
             break
     ids = ids[: max_tokens + 1]
     windows = [ids[i : i + seq_len] for i in range(0, len(ids) - 1, seq_len)]
-    windows = [w for w in windows if len(w) > 1]
+    return [w for w in windows if len(w) > 1]
+
+
+@no_grad
+def corpus_perplexity(model, tokenizer, texts: list[str], seq_len: int, max_tokens: int,
+                      batch_size: int) -> tuple[float, int]:
+    """(perplexity, tokens scored) over at most max_tokens tokens."""
+    import torch
+
+    windows = corpus_windows(tokenizer, texts, seq_len, max_tokens)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

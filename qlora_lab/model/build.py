@@ -1,7 +1,7 @@
 """Build the run's model: load the base (quantized by the dtype group), attach LoRA.
 
-Also counts what the record reports about it: parameters, trainable parameters, and the
-stored bits per weight of the quantized linear layers.
+Also counts what the record reports about it: parameters, trainable parameters, the stored
+bits per weight of the quantized linear layers and their error against the checkpoint.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from qlora_lab.model.bits import base_linear_bits, total_stored_bits
 from qlora_lab.model.kinds import KINDS
 from qlora_lab.model.quantize import bnb_config, disable_cpu_weight_repacking, load_dtype, to_compute_dtype
 from qlora_lab.model.targets import peft_target_pattern, target_names
+from qlora_lab.model.weight_error import weight_error
 
 
 
@@ -32,6 +33,9 @@ class ModelInfo:
     total_bits: int | None = None  # every bit the base stores: weights as stored, the rest at its dtype
     model_type: str | None = None  # config.json's model_type (llama, gpt2, t5, ...)
     architecture: str | None = None  # the transformers class loaded (LlamaForCausalLM, ...)
+    weight_sqnr_db: float | None = None  # quantized linear layers' SQNR against the checkpoint, mean over layers
+    weight_sqnr_min_db: float | None = None  # the worst layer's
+    weight_kurtosis: float | None = None  # the checkpoint's linear weights' kurtosis, mean over layers (Gaussian: 3)
 
 
 @dataclass
@@ -103,6 +107,7 @@ def build_model(model_cfg: ModelConfig, dtype: DTypeConfig, lora: LoraConfig, se
     base = load_base(path, dtype, model_cfg.kind, num_labels)
     task_type, heads = KINDS[model_cfg.kind].peft_task, KINDS[model_cfg.kind].trained_heads
     stored = base_linear_bits(base, skip=_head_ids(base, heads))
+    errors = weight_error(base, path, skip=_head_ids(base, heads))
     total_bits = total_stored_bits(base)
     n_params = _logical_params(base)
     base = to_compute_dtype(base, dtype)  # after the count: what is stored, not its widened copy
@@ -126,7 +131,8 @@ def build_model(model_cfg: ModelConfig, dtype: DTypeConfig, lora: LoraConfig, se
     info = ModelInfo(name=model_cfg.name, path=path, n_params=n_params, n_trainable=n_trainable,
                      bits_per_param=round(stored.bits_per_param, 6),
                      quantized_layers=_quantized_layers(base), total_bits=total_bits,
-                     model_type=getattr(base.config, "model_type", None), architecture=type(base).__name__)
+                     model_type=getattr(base.config, "model_type", None), architecture=type(base).__name__,
+                     **vars(errors))
     return BuiltModel(model=model, tokenizer=tokenizer, info=info)
 
 

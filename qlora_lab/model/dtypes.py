@@ -33,6 +33,7 @@ DTYPES: dict[str, DTypeSpec] = {
     "nf4": DTypeSpec(4, True, ("bnb", "lab"), _BLOCKS),
     "fp4": DTypeSpec(4, True, ("bnb", "lab"), _BLOCKS),
     "int4": DTypeSpec(4, True, ("lab",), _BLOCKS),
+    "int4_affine": DTypeSpec(4, True, ("lab",), _BLOCKS),  # per-block min/max, 16 uniform levels, a zero point
     "nf3": DTypeSpec(3, True, ("lab",), _BLOCKS),
     "nf2": DTypeSpec(2, True, ("lab",), _BLOCKS),
     "fp4_e3m0": DTypeSpec(4, True, ("lab",), _BLOCKS),

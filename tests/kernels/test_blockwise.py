@@ -150,10 +150,45 @@ def test_every_codebook_round_trips_to_its_nearest_values(name):
 
 
 def test_state_dict_form_round_trips():
-    for dq in (False, True):
-        state = quantize(torch.randn(40, 50), "nf3", blocksize=64, double_quant=dq)
-        again = QuantState.from_dict(state.to_dict())
-        assert torch.equal(dequantize(again), dequantize(state)) and again.bits_per_param == state.bits_per_param
+    for name in ("nf3", "int4_affine"):
+        for dq in (False, True):
+            state = quantize(torch.randn(40, 50), name, blocksize=64, double_quant=dq)
+            again = QuantState.from_dict(state.to_dict())
+            assert torch.equal(dequantize(again), dequantize(state)) and again.bits_per_param == state.bits_per_param
+            assert again.codebook.affine == (name == "int4_affine")
+
+
+@pytest.mark.parametrize("blocksize", [32, 64, 256])
+def test_int4_affine_round_trips_within_half_a_level_of_its_block_range(blocksize):
+    """16 uniform levels from each block's minimum to its maximum: no weight moves by more than
+    half a level, (max - min) / 30, and a block's extremes come back (nearly) exactly."""
+    weight = torch.randn(37, 91) * 0.02 + 0.005  # off-centre: an affine type's case
+    flat, back = weight.reshape(-1), dequantize(quantize(weight, "int4_affine", blocksize=blocksize)).reshape(-1)
+    for start in range(0, flat.numel(), blocksize):
+        block, got = flat[start:start + blocksize], back[start:start + blocksize]
+        half_level = (block.max() - block.min()) / 30
+        assert (block - got).abs().max() <= half_level * (1 + 1e-5) + 1e-7
+        assert got.max() == pytest.approx(block.max().item(), abs=1e-6)
+        assert got.min() == pytest.approx(block.min().item(), abs=1e-6)
+
+
+def test_int4_affine_is_closer_than_symmetric_int4_on_shifted_weights():
+    weight = torch.rand(64, 256) * 0.04 + 0.01  # all positive: symmetric absmax wastes half its levels
+    error = lambda name: (dequantize(quantize(weight, name, blocksize=64)) - weight).pow(2).mean()
+    assert error("int4_affine") < error("int4") / 3
+
+
+@pytest.mark.parametrize("blocksize,double_quant", [(32, False), (64, False), (256, True), (64, True)])
+def test_int4_affine_bits_per_param_counts_its_zero_points(blocksize, double_quant):
+    """4 code bits + two constants per block (scale and centre): 32 bits each, or under DQ 8 bits
+    each plus, per 256 blocks, 32 bits each, plus the two means."""
+    n = 64 * 1024
+    state = quantize(torch.randn(n), "int4_affine", blocksize=blocksize, double_quant=double_quant)
+    blocks = n // blocksize
+    constants = 2 * (8 * blocks + 32 * math.ceil(blocks / 256) + 32) if double_quant else 2 * 32 * blocks
+    assert state.bits_per_param == pytest.approx(4 + constants / n)
+    if not double_quant:
+        assert state.bits_per_param == 4 + 64 / blocksize
 
 
 @pytest.mark.parametrize("call,error,message", [

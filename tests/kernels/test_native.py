@@ -15,7 +15,7 @@ from qlora_kernels.codebooks import sorted_codes
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler here: the compiled codec is not built")
 
-BOOKS = ["nf4", "fp4", "int4", Codebook("uneven4", tuple(sorted([-1.0, -0.6, -0.3, -0.2, -0.1, -0.05, 0.0, 0.01, 0.02,
+BOOKS = ["nf4", "fp4", "int4", "int4_affine", Codebook("uneven4", tuple(sorted([-1.0, -0.6, -0.3, -0.2, -0.1, -0.05, 0.0, 0.01, 0.02,
                                                                    0.05, 0.1, 0.2, 0.4, 0.7, 0.9, 1.0])))]
 # small and odd shapes (the scalar tails), and outputs past the parallel, streaming and huge-page sizes
 SHAPES = [(7,), (3, 5, 7), (1001,), (33, 65), (2, 300, 17), (2048, 1025), (4096, 1024)]
@@ -37,6 +37,7 @@ def test_compiled_codec_matches_plain_torch(book, blocksize):
         compiled, plain = both_paths(lambda: quantize(weight, book, blocksize=blocksize))
         assert torch.equal(compiled.packed, plain.packed), shape
         assert torch.equal(compiled.absmax, plain.absmax), shape
+        assert (compiled.offsets is None) == (plain.offsets is None) == (not codebook(book).affine)
         for dtype in (torch.float32, torch.bfloat16, torch.float16):
             ours, reference = both_paths(lambda: dequantize(compiled, dtype))
             assert ours.dtype == reference.dtype == dtype and ours.shape == weight.shape
@@ -65,6 +66,17 @@ def test_the_portable_build_without_vector_code_agrees(tmp_path):
         for dtype in (torch.float32, torch.bfloat16):
             values = native.dequantize_4bit(packed, absmax, book.tensor(), n, 64, dtype, library=portable)
             assert torch.equal(values, dequantize(reference, dtype).reshape(-1)), (n, dtype)
+
+
+def test_the_portable_build_adds_affine_offsets_as_torch_does(tmp_path):
+    portable = native.build(["-O3"], tmp_path)
+    for n, double_quant in ((31, False), (4097, True), (300_001, False)):
+        state = quantize(torch.randn(n) * 0.03 + 0.01, "int4_affine", blocksize=64, double_quant=double_quant)
+        for dtype in (torch.float32, torch.bfloat16):
+            values = native.dequantize_4bit(state.packed, state.block_absmax(), state.codebook.tensor(), n, 64, dtype,
+                                            library=portable, offsets=state.block_offsets())
+            with native.enabled(False):
+                assert torch.equal(values, dequantize(state, dtype).reshape(-1)), (n, dtype)
 
 
 def test_bfloat16_rounding_is_to_nearest_even_and_keeps_nan_and_inf():
