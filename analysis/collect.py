@@ -16,7 +16,7 @@ from qlora_lab.records import RECORD_NAME, SCHEMA
 
 # Axes every study slices by, as config paths (a group's name for a group); swept overrides
 # add their own keys beside these.
-STANDARD_AXES = ("model", "dataset", "dataset.task", "dtype", "dtype.double_quant", "dtype.backend",
+STANDARD_AXES = ("model", "model.checkpoint", "dataset", "dataset.task", "dtype", "dtype.double_quant", "dtype.backend",
                  "dtype.blocksize", "lora.targets", "lora.r", "train.learning_rate", "train.max_steps", "train.seed")
 # The metrics the tables read: a column each even where no run has one. Every other number a
 # record's `metrics` holds (a new evaluation's) becomes a column too, read off the records.
@@ -144,6 +144,7 @@ def _or(value, fallback):
 def _row(record: dict, run_dir: str) -> dict:
     config = record.get("config", {})
     given = dict(o.lstrip("+~").split("=", 1) for o in record.get("overrides", []) if "=" in o)
+    given = {key: None if value == "null" else value for key, value in given.items()}
     axes = list(STANDARD_AXES) + [k for k in given if k not in STANDARD_AXES and not k.startswith(("hydra", "sweep"))]
     row = {"run_dir": run_dir, "run_id": record["run_id"], "_axes": axes}
     # a choice that is not itself in the config (a study's `+variant=...`) keeps its given value
@@ -156,6 +157,15 @@ def _row(record: dict, run_dir: str) -> dict:
     row["n_params"] = model.get("n_params")
     row["bits_per_param"] = model.get("bits_per_param")
     row["total_bits"] = model.get("total_bits")  # every stored bit of the base (Figure 3's x-axis)
+    for name in ("weight_sqnr_db", "weight_sqnr_min_db", "weight_kurtosis"):
+        row[name] = model.get(name)
+    interval = metrics.get("kl_to_base_ci")
+    if isinstance(interval, list) and len(interval) == 2:
+        row["kl_to_base_lo"], row["kl_to_base_hi"] = interval
+    counts = metrics.get("zero_shot_n")
+    if isinstance(counts, dict):
+        row["zero_shot_questions"] = sum(counts.values())
+    row["judged_as"] = ",".join(record.get("overrides", []))  # the name judging gives the run (no --label)
     row["train_s"] = timing.get("train_s")
     row["tokens_per_s"] = timing.get("tokens_per_s")
     row["peak_memory_mb"] = memory.get("peak_gpu_mb") or memory.get("peak_tensor_mb") or memory.get("peak_rss_mb")
@@ -170,10 +180,24 @@ def _is_number(value) -> bool:
 
 
 def config_label(row: dict) -> str:
-    """A run's configuration as a person reads it: `NF4+DQ · all · r64` (seeds pooled)."""
+    """A run's configuration as a person reads it: `NF4+DQ · all · r64` (seeds pooled); an
+    eval-only run of the quantized base `NF4+DQ · PTQ`, with its blocksize where it is not the
+    paper's 64 (`· b32`) and its pretraining checkpoint where one was chosen (`· step 200`)."""
     if row.get("full_finetune"):
-        return row["dtype_label"]  # every weight trained: no adapter targets or rank
-    return f"{row['dtype_label']} · {row.get('lora.targets') or '?'} · r{row.get('lora.r') or '?'}"
+        label = row["dtype_label"]  # every weight trained: no adapter targets or rank
+    elif row.get("train.max_steps") == 0:
+        label = f"{row['dtype_label']} · PTQ"
+    else:
+        label = f"{row['dtype_label']} · {row.get('lora.targets') or '?'} · r{row.get('lora.r') or '?'}"
+    if row.get("dtype.blocksize") not in (None, 64) and not _missing(row.get("dtype.blocksize")):
+        label += f" · b{int(row['dtype.blocksize'])}"
+    if row.get("model.checkpoint") is not None and not _missing(row.get("model.checkpoint")):
+        label += f" · step {int(row['model.checkpoint'])}"
+    return label
+
+
+def _missing(value) -> bool:
+    return isinstance(value, float) and value != value  # NaN
 
 
 def paper_name(dtype: str) -> str:

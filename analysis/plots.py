@@ -17,6 +17,7 @@ from qlora_analysis.intervals import mean_interval  # noqa: E402
 # Which metric a plot shows: the first the runs have (higher is better for all but losses).
 METRIC_PREFERENCE = ("zero_shot_mean", "mmlu_acc", "rougeL", "accuracy", "eval_loss", "ppl")
 LOWER_IS_BETTER = {"eval_loss", "ppl"}
+MAX_ROWS = 24  # about 20: a plot of more rows or series is unreadable at its size (the tables show them)
 
 
 def main_metric(runs: pd.DataFrame) -> str | None:
@@ -34,6 +35,8 @@ def metric_vs_bits(runs: pd.DataFrame, out: Path) -> Path | None:
     if metric is None or runs["total_bits"].dropna().empty:
         return None
     have = runs.dropna(subset=[metric, "total_bits"])
+    if have["config"].nunique() > MAX_ROWS:
+        return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, points in series_by_config(have, metric).items():
         ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] or 0.0 for p in points],
@@ -72,7 +75,7 @@ def rouge_by_targets(runs: pd.DataFrame, out: Path) -> Path | None:
         return None
     have = runs.dropna(subset=["rougeL"])
     settings = sorted(have["config"].unique())
-    if len(settings) < 2:
+    if not 2 <= len(settings) <= MAX_ROWS:
         return None
     fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(settings)), 4))
     means = have.groupby("config")["rougeL"].mean()
@@ -91,6 +94,10 @@ def rouge_by_targets(runs: pd.DataFrame, out: Path) -> Path | None:
 def elo_intervals(elo: pd.DataFrame | None, out: Path) -> Path | None:
     """Elo ratings with their 95% intervals, best at the top."""
     if elo is None or elo.empty:
+        return None
+    if "level" in elo:  # per configuration where the table has it, else per run
+        elo = elo[elo["level"] == elo["level"].iloc[0]]
+    if len(elo) > MAX_ROWS:
         return None
     ordered = elo.iloc[::-1]
     fig, ax = plt.subplots(figsize=(6, 0.45 * len(elo) + 1.5))
@@ -129,10 +136,77 @@ def pareto(runs: pd.DataFrame, cost: str, out: Path) -> Path | None:
     return _save(fig, out / f"pareto_{cost}.png")
 
 
+def kl_by(runs: pd.DataFrame, column: str, out: Path) -> Path | None:
+    """KL to the unquantized base per data type against a column of eval-only runs (pretraining
+    checkpoint or blocksize), one line per data type, log scale: the fidelity tables drawn."""
+    from qlora_analysis.tables.fidelity import ptq_fidelity
+
+    have = ptq_fidelity(runs)
+    if column == "dtype.blocksize":
+        have = have[(have["checkpoint"] == "final") & (have["dtype.backend"] == "lab")]
+        have = have[have["dtype.double_quant"] == False].dropna(subset=[column])  # noqa: E712
+        have = have.assign(x=have[column].astype(int))
+        xlabel, name = "blocksize", "kl_by_blocksize.png"
+    else:
+        have = have[have["dtype.blocksize"].isna() | (have["dtype.blocksize"] == 64)] if "dtype.blocksize" in have else have
+        steps = have["model.checkpoint"].fillna(have["model.checkpoint"].max() * 3 if have["model.checkpoint"].notna().any() else 1)
+        have = have.sort_values("dtype.backend").assign(x=steps).drop_duplicates(["dtype_label", "x"])
+        xlabel, name = "pretraining step (final = the last point)", "kl_by_checkpoint.png"
+    have = have[have["bits_per_param"] < 16]
+    if have.empty or have["x"].nunique() < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, group in have.groupby("dtype_label"):
+        group = group.sort_values("x")
+        ax.errorbar(group["x"], group["kl_to_base"], yerr=[group["kl_to_base"] - group["kl_to_base_lo"],
+                                                          group["kl_to_base_hi"] - group["kl_to_base"]],
+                    marker="o", capsize=3, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(sorted(have["x"].unique()), [str(int(x)) for x in sorted(have["x"].unique())])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("KL to the unquantized base (nats/token)")
+    ax.set_title("Output fidelity (95% interval over text windows)")
+    ax.legend(fontsize=7)
+    return _save(fig, out / name)
+
+
+def zero_shot_vs_bits(runs: pd.DataFrame, out: Path) -> Path | None:
+    """Figure 3's axes for eval-only runs: accuracy against total model bits, a line per checkpoint."""
+    from qlora_analysis.tables.fidelity import checkpoint_name
+
+    if "zero_shot_mean" not in runs:
+        return None
+    have = runs[(runs["train.max_steps"] == 0)].dropna(subset=["zero_shot_mean", "total_bits"])
+    if have.empty or have["total_bits"].nunique() < 2:
+        return None
+    steps = have["model.checkpoint"] if "model.checkpoint" in have else pd.Series(None, index=have.index)
+    have = have.assign(checkpoint=[checkpoint_name(s) for s in steps]).sort_values("dtype.backend")
+    have = have.drop_duplicates(["dtype_label", "checkpoint"])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, group in have.groupby("checkpoint"):
+        group = group.sort_values("total_bits")
+        ax.plot(group["total_bits"], group["zero_shot_mean"], marker="o", label=name)
+        if name == "final":
+            for _, row in group.iterrows():
+                ax.annotate(row["dtype_label"], (row["total_bits"], row["zero_shot_mean"]), fontsize=6,
+                            xytext=(2, 3), textcoords="offset points")
+    ax.axhline(0.25, color="grey", linewidth=0.8, linestyle=":", label="chance")
+    ax.set_xscale("log")
+    ax.set_xlabel("total model bits")
+    ax.set_ylabel("zero-shot accuracy")
+    ax.set_title("Zero-shot accuracy vs total model bits (eval-only, per checkpoint)")
+    ax.legend(fontsize=7)
+    return _save(fig, out / "zero_shot_vs_bits.png")
+
+
 def all_plots(runs: pd.DataFrame, elo: pd.DataFrame | None, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     made = [metric_vs_bits(runs, out), rouge_by_targets(runs, out), elo_intervals(elo, out),
             pareto(runs, "peak_memory_mb", out), pareto(runs, "train_s", out)]
+    if "kl_to_base" in runs:
+        made += [kl_by(runs, "model.checkpoint", out), kl_by(runs, "dtype.blocksize", out)]
+    made.append(zero_shot_vs_bits(runs, out))
     return [path for path in made if path is not None]
 
 

@@ -53,6 +53,7 @@ class Pretrain:
     seq_len: int = 256  # tokens per sequence
     learning_rate: float = 3e-3  # AdamW, cosine to 10% after warmup
     seed: int = 0  # init and data order
+    checkpoints: list[int] = field(default_factory=list)  # steps (before `steps`) also saved, as model.checkpoint=STEP
 
 
 @dataclass
@@ -68,6 +69,7 @@ class ModelConfig:
     family: str = "llama"  # architecture family: which module names LoRA targets mean
     arch: Optional[Arch] = None  # shape: what source=build builds; for pretrained, what plan estimates with
     pretrain: Optional[Pretrain] = None  # source=build only
+    checkpoint: Optional[int] = None  # source=build: load this step of the pretraining (one of pretrain.checkpoints)
     resources: Resources = field(default_factory=Resources)
 
     def validate(self) -> None:
@@ -88,6 +90,16 @@ class ModelConfig:
                 positive(f"model.pretrain.{key}", getattr(self.pretrain, key))
             at_least("model.pretrain.steps", self.pretrain.steps, 0)
             positive_float("model.pretrain.learning_rate", self.pretrain.learning_rate)
+            for step in self.pretrain.checkpoints:
+                if not isinstance(step, int) or not 0 < step < self.pretrain.steps:
+                    raise ConfigError("model.pretrain.checkpoints", self.pretrain.checkpoints,
+                                      f"steps between 1 and model.pretrain.steps - 1 ({self.pretrain.steps - 1})")
+        if self.checkpoint is not None:
+            saved = list(self.pretrain.checkpoints) if self.source == "build" and self.pretrain else []
+            if self.checkpoint not in saved:
+                raise ConfigError("model.checkpoint", self.checkpoint,
+                                  f"model={self.name} saves {', '.join(map(str, saved)) or 'no checkpoints'} "
+                                  f"(model.pretrain.checkpoints); null loads its last step")
 
 
 @dataclass

@@ -96,6 +96,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(key, value, "expected a mapping")
         return dict(value)
+    if origin is list and args == (int,):
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ConfigError(key, value, "expected a list of integers")
+        return list(value)
     if hint is list or origin is list:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(key, value, "expected a list of names")

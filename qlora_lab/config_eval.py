@@ -61,7 +61,9 @@ class LmEvalConfig:
     """Zero-shot tasks through lm-evaluation-harness (on when `tasks` is non-empty): Figure 3's suite."""
 
     tasks: list = field(default_factory=list)  # e.g. [winogrande, hellaswag, piqa, arc_easy, arc_challenge]
-    include_path: Optional[str] = None  # a folder of task YAMLs of your own (local data), added to lm-eval's
+    # a folder of task YAMLs of your own (local data), added to lm-eval's; or "stdlib": ours, generated
+    # here from held-out library source (stdlib_next_line: which of four lines comes next)
+    include_path: Optional[str] = None
     num_fewshot: int = 0  # the paper's zero-shot
     limit: Optional[int] = None  # questions per task at most (None: all)
     batch_size: int = 8
@@ -71,8 +73,9 @@ class LmEvalConfig:
         positive("eval.lm_eval.batch_size", self.batch_size)
         if self.limit is not None:
             positive("eval.lm_eval.limit", self.limit)
-        if self.include_path is not None and not Path(self.include_path).is_dir():
-            raise ConfigError("eval.lm_eval.include_path", self.include_path, "no such folder")
+        if self.include_path not in (None, "stdlib") and not Path(self.include_path).is_dir():
+            raise ConfigError("eval.lm_eval.include_path", self.include_path,
+                              "no such folder (or stdlib: the tasks generated from the held-out library source)")
 
 
 @dataclass

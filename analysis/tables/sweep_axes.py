@@ -23,6 +23,14 @@ POOLED = {"train.seed"}  # what a configuration's runs differ in: pooled into it
 FOLDED = {"dtype": "dtype_label", "dtype.double_quant": "dtype_label"}  # shown through the data type's label
 
 
+def one_sweep(runs: pd.DataFrame) -> bool:
+    """The runs come from one sweep folder: several sweeps (the micro-study's three) have tables
+    of their own questions, and this one would cross their unrelated axes."""
+    from pathlib import Path
+
+    return runs["run_dir"].map(lambda d: str(Path(d).parent)).nunique() <= 1
+
+
 def swept_axes(runs: pd.DataFrame) -> list[str]:
     """The axes whose values differ between the runs (seeds pooled), data type first."""
     axes = []
@@ -44,7 +52,7 @@ def _axis_value(column: str, value) -> str:
 
 @table("sweep_axes")
 def sweep_axes(runs, judgments):
-    if runs.empty:
+    if runs.empty or not one_sweep(runs):
         return None
     axes = swept_axes(runs)
     metrics = [(c, h, d) for c, h, d in SWEPT_METRICS if c in runs and runs[c].dropna().nunique() > 1]
@@ -73,7 +81,7 @@ def sweep_axes(runs, judgments):
 @table("sweep_grid")
 def sweep_grid(runs, judgments):
     """Two swept axes: the main metric as a grid, rows the first axis, columns the second."""
-    if runs.empty:
+    if runs.empty or not one_sweep(runs):
         return None
     axes = swept_axes(runs)
     metrics = [(c, h, d) for c, h, d in SWEPT_METRICS[:6] if c in runs and runs[c].dropna().nunique() > 1]

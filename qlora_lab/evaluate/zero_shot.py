@@ -28,6 +28,10 @@ class ZeroShotResult:
 def task_manager(tasks: list[str], include_path: str | None):
     """lm-eval's task index (its own tasks and the folder's), the names checked against it:
     called before the model loads, so a misspelt task costs no training."""
+    if include_path == "stdlib":
+        from qlora_lab.data.stdlib_next_line import stdlib_tasks_dir
+
+        include_path = str(stdlib_tasks_dir())
     manager = _index(include_path)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:

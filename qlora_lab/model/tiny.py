@@ -27,22 +27,32 @@ BUILD_VERSION = 1  # bump when the recipe below changes
 
 
 def built_model_dir(cfg: ModelConfig) -> Path:
-    """The cached checkpoint folder of a `source=build` model, building it when missing."""
+    """The cached checkpoint folder of a `source=build` model (of its `model.checkpoint` step,
+    where one is chosen), building it when missing."""
     key = _build_key(cfg.arch, cfg.pretrain, cfg.kind)
     target = cache_dir() / "models" / f"{cfg.kind}-{key}"  # by recipe: configs of one recipe share a build
+    chosen = target if cfg.checkpoint is None else checkpoint_dir(target, cfg.checkpoint)
     if (target / "config.json").exists():
-        return target
+        return chosen
     with build_lock(f"models/{cfg.kind}-{key}"):
         if not (target / "config.json").exists():
             staging = target.with_name(target.name + ".partial")
             shutil.rmtree(staging, ignore_errors=True)
             _build(cfg.arch, cfg.pretrain, cfg.kind, staging, label=cfg.name)
             staging.rename(target)
-    return target
+    return chosen
+
+
+def checkpoint_dir(built: Path, step: int) -> Path:
+    """Where a build keeps the checkpoint of an intermediate step: an ordinary transformers folder."""
+    return built / "checkpoints" / f"step-{step}"
 
 
 def _build_key(arch: Arch, pretrain: Pretrain, kind: str = "causal") -> str:
-    spec = {"arch": dataclasses.asdict(arch), "pretrain": dataclasses.asdict(pretrain), "kind": kind,
+    recipe = dataclasses.asdict(pretrain)
+    if not recipe["checkpoints"]:  # a build without intermediate checkpoints keeps the key it had before them
+        del recipe["checkpoints"]
+    spec = {"arch": dataclasses.asdict(arch), "pretrain": recipe, "kind": kind,
             "python": sys.version.split()[0], "version": BUILD_VERSION}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -57,17 +67,22 @@ def _build(arch: Arch, pretrain: Pretrain, kind: str, out: Path, label: str) -> 
     tokenizer = train_tokenizer(text, arch.vocab_size, kind)
     torch.manual_seed(pretrain.seed)
     model = spec.new_model(arch, tokenizer)
+    def save(folder: Path) -> None:
+        if spec.saved_as:  # e.g. saved as an encoder, loaded with a fresh head: what a hub RoBERTa is
+            model.config.architectures = [spec.saved_as]
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
     if pretrain.steps:
         ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
-        _pretrain(model, ids, pretrain, label, spec.pretrain_loss(tokenizer))
-    if spec.saved_as:  # e.g. saved as an encoder, loaded with a fresh head: what a hub RoBERTa is
-        model.config.architectures = [spec.saved_as]
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+        _pretrain(model, ids, pretrain, label, spec.pretrain_loss(tokenizer),
+                  lambda step: save(checkpoint_dir(out, step)) if step in pretrain.checkpoints else None)
+    save(out)
 
 
-def _pretrain(model, ids, pretrain: Pretrain, label: str, objective) -> None:
-    """nanoGPT-style: random windows of the token stream, AdamW, warmup then cosine."""
+def _pretrain(model, ids, pretrain: Pretrain, label: str, objective, after_step) -> None:
+    """nanoGPT-style: random windows of the token stream, AdamW, warmup then cosine;
+    `after_step(steps done)` after each step (saves the checkpoints)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -77,7 +92,7 @@ def _pretrain(model, ids, pretrain: Pretrain, label: str, objective) -> None:
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, warmup, pretrain.steps))
     windows = torch.Generator().manual_seed(pretrain.seed)
     progress = tqdm(range(pretrain.steps), desc=f"pretraining {label} base (cached after)", unit="step")
-    for _ in progress:
+    for step in progress:
         starts = torch.randint(0, len(ids) - pretrain.seq_len - 1, (pretrain.batch_size,), generator=windows)
         batch = torch.stack([ids[s : s + pretrain.seq_len] for s in starts.tolist()])
         loss = objective(model, batch)
@@ -87,6 +102,7 @@ def _pretrain(model, ids, pretrain: Pretrain, label: str, objective) -> None:
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         progress.set_postfix(loss=f"{loss.item():.3f}")
+        after_step(step + 1)
 
 
 def _lr_factor(step: int, warmup: int, total: int) -> float:

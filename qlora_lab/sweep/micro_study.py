@@ -1,9 +1,11 @@
 """`python -m qlora_lab.micro_study` (`make micro-study`): the whole micro-study, offline.
 
-Builds (or reuses) the `micro` base, runs `sweeps/micro.yaml` on the local launcher, judges the
-runs' answers with the offline reference judge, and writes the report with `qlora_analysis`,
-timing each phase; the time split is appended to the report. Each phase is the project's own
-command, run as a user would run it.
+Builds (or reuses) the `micro` base and its pretraining checkpoints, runs the three sweeps on
+the local launcher into one folder (`finetune/`: sweeps/micro.yaml; `ptq/`: sweeps/micro_ptq.yaml,
+every data type on every checkpoint, eval-only; `blocksize/`: sweeps/micro_blocksize.yaml), judges
+the fine-tuned runs' answers with the offline reference judge, and writes the report with
+`qlora_analysis` over all three, timing each phase; the time split is appended to the report.
+Each phase is the project's own command, run as a user would run it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -24,7 +27,8 @@ def _run(*args: str) -> None:
     subprocess.run([sys.executable, *args], check=True, cwd=REPO, env=os.environ.copy())
 
 
-def build_base() -> Path:
+def build_base(overrides: list[str] = ()) -> Path:
+    """The sweeps' base (`micro`, or the `model=` among the overrides) with its checkpoints."""
     from hydra import compose, initialize_config_dir
 
     from qlora_lab.config import run_config
@@ -32,13 +36,17 @@ def build_base() -> Path:
     from qlora_lab.sweep import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        config = run_config(compose(config_name="config", overrides=["model=micro"]))
+        chosen = [o for o in overrides if o.startswith("model=")] or ["model=micro"]
+        config = run_config(compose(config_name="config", overrides=chosen))
     return built_model_dir(config.model)
+
+
+SWEEPS = {"finetune": "micro", "ptq": "micro_ptq", "blocksize": "micro_blocksize"}  # folder -> sweep file
 
 
 def run_times(sweep_dir: Path) -> dict[str, float]:
     """Seconds the runs spent training and evaluating, summed over runs (they overlap in time)."""
-    records = [json.loads(p.read_text()) for p in sweep_dir.glob("*/record.json")]
+    records = [json.loads(p.read_text()) for p in sweep_dir.glob("*/*/record.json")]
     total = lambda key: round(sum(r.get("timing", {}).get(key) or 0.0 for r in records), 1)
     return {"runs": len(records), "ok": sum(r["status"] == "ok" for r in records),
             "train_s_summed": total("train_s"), "eval_s_summed": total("eval_s"), "load_s_summed": total("load_s")}
@@ -48,21 +56,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep-dir", type=Path, default=REPO / "multirun" / "micro-study")
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "micro-study")
-    parser.add_argument("overrides", nargs="*", help="extra overrides for the sweep (e.g. train.seed=0)")
+    parser.add_argument("overrides", nargs="*", help="extra overrides for every sweep (e.g. train.seed=0)")
+    for folder, sweep in SWEEPS.items():
+        parser.add_argument(f"--{folder}-args", default="", help=f"extra overrides for sweeps/{sweep}.yaml only")
     args = parser.parse_args()
     phases: dict[str, float] = {}
 
     start = time.perf_counter()
-    print(f"base: {build_base()}", flush=True)
+    print(f"base: {build_base(args.overrides)}", flush=True)
     phases["pretraining (base build, or cache hit)"] = time.perf_counter() - start
 
-    start = time.perf_counter()
-    _run("-m", "qlora_lab.train", "-m", "+sweep=micro", "hydra/launcher=local", f"hydra.sweep.dir={args.sweep_dir}",
-         *args.overrides)
-    phases["sweep: fine-tuning + evaluation (wall)"] = time.perf_counter() - start
+    for folder, sweep in SWEEPS.items():
+        start = time.perf_counter()
+        extra = shlex.split(getattr(args, f"{folder}_args"))
+        _run("-m", "qlora_lab.train", "-m", f"+sweep={sweep}", "hydra/launcher=local",
+             f"hydra.sweep.dir={args.sweep_dir / folder}", *args.overrides, *extra)
+        phases[f"sweep {folder} (sweeps/{sweep}.yaml, wall)"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    _run("-m", "qlora_lab.judge", str(args.sweep_dir))
+    _run("-m", "qlora_lab.judge", str(args.sweep_dir / "finetune"))
     phases["judging (reference judge)"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -74,9 +86,9 @@ def main() -> None:
     lines = ["", "## Time", "", "| phase | seconds |", "|---|---:|"]
     lines += [f"| {name} | {seconds:.1f} |" for name, seconds in phases.items()]
     lines += [f"| **total** | **{total:.1f}** |", "",
-              f"Within the sweep, summed over its {summed['runs']} runs ({summed['ok']} ok), which overlap in "
-              f"time on the local launcher: training {summed['train_s_summed']} s, evaluation "
-              f"{summed['eval_s_summed']} s, model loading {summed['load_s_summed']} s. The rest of the sweep's "
+              f"Within the sweeps, summed over their {summed['runs']} runs ({summed['ok']} ok), which overlap "
+              f"in time on the local launcher: training {summed['train_s_summed']} s, evaluation "
+              f"{summed['eval_s_summed']} s, model loading {summed['load_s_summed']} s. The rest of the sweeps' "
               f"wall time is process start-up and the launcher.", ""]
     report = args.out / "report.md"
     report.write_text(report.read_text() + "\n".join(lines))

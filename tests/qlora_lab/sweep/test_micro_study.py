@@ -23,6 +23,11 @@ def test_the_micro_sweep_is_seven_types_by_three_target_sets_by_three_seeds():
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
     assert lines[-1].startswith("63 runs")
+    for sweep, count in (("micro_ptq", 24), ("micro_blocksize", 16)):
+        planned = subprocess.run([sys.executable, "-m", "qlora_lab.plan", f"+sweep={sweep}"], cwd=REPO,
+                                 capture_output=True, text=True, timeout=300)
+        assert planned.returncode == 0 and planned.stdout.strip().splitlines()[-1].startswith(f"{count} runs"), \
+            planned.stderr[-2000:]
     variants = {part for line in lines[:-1] for part in line.split() if part.startswith("+variant=")}
     assert variants == {f"+variant={v}" for v in ("lora_bf16", "qlora_nf4_dq", "qlora_nf4", "qlora_fp4", "qlora_int4",
                                                    "qlora_nf3", "qlora_fp4_e3m0")}
@@ -54,26 +59,59 @@ def test_the_stdlib_benchmark_is_in_mmlu_layout_and_its_answers_are_true():
         assert checked >= 10
 
 
+def test_the_next_line_task_asks_true_lines_among_four_from_the_same_file():
+    from qlora_lab.data.stdlib import module_part, stdlib_files
+    from qlora_lab.data.stdlib_next_line import TASK, questions, stdlib_tasks_dir
+
+    asked = questions(60, seed=0)
+    assert len(asked) == 60
+    sources = {p: p.read_text(encoding="utf-8", errors="replace") for p in stdlib_files() if module_part(p) == "finetune"}
+    for question in asked[:20]:
+        choices, answer = question["choices"], question["choices"][question["label"]]
+        assert len(set(choices)) == 4
+        where = [text for text in sources.values() if question["context"] + answer + "\n" in text + "\n"]
+        assert where, "the right answer follows its context in a held-out module"
+        assert all(choice in where[0].splitlines() for choice in choices)  # distractors from the same file
+    assert len({q["label"] for q in asked}) == 4  # the answer is not always in one place
+    folder = stdlib_tasks_dir()
+    assert (folder / f"{TASK}.yaml").exists() and len((folder / f"{TASK}.jsonl").read_text().splitlines()) > 500
+
+
 def test_micro_study_in_miniature_runs_judges_analyses_and_times_itself(tmp_path):
+    """Its three sweeps in miniature on `tiny` (two runs each), judged, analysed, timed: the report
+    opens with the claims table, a verdict in every row, and holds no absolute path."""
     sweep, out = tmp_path / "sweep", tmp_path / "report"
     proc = subprocess.run(
         [sys.executable, "-m", "qlora_lab.micro_study", "--sweep-dir", str(sweep), "--out", str(out),
-         "model=tiny", "+variant=qlora_nf4_dq,qlora_int4", "lora.targets=all", "train.seed=0", "train.max_steps=2",
-         "eval.n_generate=3", "eval.max_new_tokens=8", "eval.ppl.max_tokens=2048"],
+         "model=tiny", "eval.fidelity_tokens=512", "eval.lm_eval.limit=12",
+         "--finetune-args", "+variant=qlora_nf4_dq,lora_bf16 lora.targets=all train.seed=0,1 train.max_steps=2 "
+                            "eval.n_generate=3 eval.max_new_tokens=8",
+         "--ptq-args", "model.checkpoint=null +variant=qlora_nf4,qlora_fp4",
+         "--blocksize-args", "dtype=int4_affine,nf4 dtype.blocksize=32"],
         cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    records = records_under(sweep)
-    assert len(records) == 2 and all(r["status"] == "ok" for r in records.values())
-    for record in records.values():
+    records = {f"{part}/{name}": r for part in ("finetune", "ptq", "blocksize")
+               for name, r in records_under(sweep / part).items()}
+    assert len(records) == 8 and all(r["status"] == "ok" for r in records.values()), \
+        {k: r["error"] for k, r in records.items()}
+    for name, record in records.items():
         metrics = record["metrics"]
-        assert metrics["base_ppl"] > 1 and metrics["base_ppl_tokens"] > 1000 and "ppl_on" in metrics
-        assert metrics["mmlu_n_questions"] == 120 and 0 <= metrics["mmlu_acc"] <= 1 and "rougeL" in metrics
-    hydra_cfg = yaml.safe_load((sweep / "0" / ".hydra" / "hydra.yaml").read_text())
+        assert metrics["kl_to_base"] >= 0 and 0 < metrics["top1_agree"] <= 1, name
+        if not name.startswith("blocksize"):
+            assert metrics["zero_shot_n"] == {"stdlib_next_line": 12} and 0 <= metrics["zero_shot_mean"] <= 1
+    hydra_cfg = yaml.safe_load((sweep / "finetune" / "0" / ".hydra" / "hydra.yaml").read_text())
     assert hydra_cfg["hydra"]["launcher"]["_target_"] == "hydra_plugins.qlora_lab.LocalPool"  # the local pool ran them
-    judged = [json.loads(line) for line in (sweep / "judgments.jsonl").read_text().splitlines()]
-    assert len(judged) == 3 * 2  # 3 held-out answers, one pair, both orders
+    judged = [json.loads(line) for line in (sweep / "finetune" / "judgments.jsonl").read_text().splitlines()]
+    assert len(judged) == 3 * 2 * 6  # 3 held-out answers, both orders, 6 pairs of the 4 runs
     report = (out / "report.md").read_text()
-    assert "Table 2: post-training quantization perplexity" in report and "Elo" in report
+    first_table = report.split("### ")[1]
+    assert first_table.startswith("The paper's claims at this scale")
+    claim_rows = [line for line in first_table.splitlines() if line.startswith("| ") and "verdict" not in line]
+    assert claim_rows and all(any(v in row for v in ("holds", "reversed", "below the noise floor"))
+                              for row in claim_rows)
+    assert "Beyond the paper: Int4-affine beats NF4 at blocksize 32" in first_table
+    assert "Fidelity by blocksize" not in report  # one blocksize: no table of its own
+    assert "NF4+DQ · all · r64" in report and "('NF4'" not in report and str(tmp_path) not in report
     assert "## Time" in report and "pretraining" in report and "judging" in report
     timing = json.loads((out / "timing.json").read_text())
-    assert timing["runs"] == 2 and timing["total_s"] >= sum(timing["phases_s"].values()) - 1e-6
+    assert timing["runs"] == 8 and timing["total_s"] >= sum(timing["phases_s"].values()) - 1e-6
