@@ -26,7 +26,8 @@ demo: install
 	$(PY) -m qlora_analysis multirun/demo --out multirun/demo/report
 
 # The micro-study: the paper's data-type and LoRA-target sweeps on a base pretrained here, judged
-# and analysed; writes reports/micro-study/ (committed). About 27 minutes on 2 cores, pretraining included.
+# and analysed, with fidelity sweeps over the base's checkpoints and blocksizes; writes reports/micro-study/
+# (committed). About 39 minutes on 2 cores, pretraining included.
 micro-study: install
 	$(PY) -m qlora_lab.micro_study
 

@@ -173,7 +173,7 @@ def kl_by(runs: pd.DataFrame, column: str, out: Path) -> Path | None:
 
 def zero_shot_vs_bits(runs: pd.DataFrame, out: Path) -> Path | None:
     """Figure 3's axes for eval-only runs: accuracy against total model bits, a line per checkpoint."""
-    from qlora_analysis.tables.fidelity import checkpoint_name
+    from qlora_analysis.tables.fidelity import checkpoint_name, checkpoints_in_order
 
     if "zero_shot_mean" not in runs:
         return None
@@ -184,13 +184,15 @@ def zero_shot_vs_bits(runs: pd.DataFrame, out: Path) -> Path | None:
     have = have.assign(checkpoint=[checkpoint_name(s) for s in steps]).sort_values("dtype.backend")
     have = have.drop_duplicates(["dtype_label", "checkpoint"])
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, group in have.groupby("checkpoint"):
-        group = group.sort_values("total_bits")
-        ax.plot(group["total_bits"], group["zero_shot_mean"], marker="o", label=name)
-        if name == "final":
-            for _, row in group.iterrows():
-                ax.annotate(row["dtype_label"], (row["total_bits"], row["zero_shot_mean"]), fontsize=6,
-                            xytext=(2, 3), textcoords="offset points")
+    order = checkpoints_in_order(have["checkpoint"])
+    for name in order:
+        group = have[have["checkpoint"] == name].groupby("total_bits")["zero_shot_mean"].mean()
+        ax.plot(group.index, group.values, marker="o", label=name)
+    labels = have.groupby("total_bits")["dtype_label"].agg(lambda names: ", ".join(sorted(set(names))))
+    top = have.groupby("total_bits")["zero_shot_mean"].max()
+    for i, (bits, names) in enumerate(labels.items()):  # one label per bit count: equal bits, one line of names
+        ax.annotate(names, (bits, top[bits]), fontsize=6, xytext=(0, 6 + 8 * (i % 2)), textcoords="offset points",
+                    ha="center")
     ax.axhline(0.25, color="grey", linewidth=0.8, linestyle=":", label="chance")
     ax.set_xscale("log")
     ax.set_xlabel("total model bits")

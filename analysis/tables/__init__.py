@@ -66,10 +66,14 @@ def table(name: str) -> Callable[[TableFn], TableFn]:
     return register
 
 
+FIRST = ("claims",)  # a report opens with the verdict on the paper's claims
+
+
 def all_tables(runs: pd.DataFrame, judgments: pd.DataFrame) -> list[Table]:
-    """Every registered table the runs support, in the paper's order."""
+    """Every registered table the runs support: the claims first, then in registration order."""
     _load()
-    made = [fn(runs, judgments) for fn in TABLES.values()]
+    order = [name for name in FIRST if name in TABLES] + [name for name in TABLES if name not in FIRST]
+    made = [TABLES[name](runs, judgments) for name in order]
     return [t for t in made if t is not None]
 
 

@@ -31,8 +31,13 @@ def kl_cell(row) -> str:
     return f"{row['kl_to_base'] * KL_SCALE:.3f}{interval}"
 
 
-def _checkpoint_order(names) -> list[str]:
-    return sorted(set(names), key=lambda n: (n == "final", int(n.split()[1]) if n != "final" else 0))
+def checkpoint_order(name: str) -> tuple:
+    """Sort key: step 200 < step 600 < final."""
+    return (name == "final", int(name.split()[1]) if name != "final" else 0)
+
+
+def checkpoints_in_order(names) -> list[str]:
+    return sorted(set(names), key=checkpoint_order)
 
 
 def _kl_table(have: pd.DataFrame, columns: str, column_order: list) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -65,7 +70,7 @@ def fidelity_progress(runs, judgments):
     if have.empty or have["checkpoint"].nunique() < 2:
         return None
     have = have.sort_values("dtype.backend")  # a type on both backends (the blocksize sweep's): bitsandbytes' row
-    order = _checkpoint_order(have["checkpoint"])
+    order = checkpoints_in_order(have["checkpoint"])
     frame, numbers = _kl_table(have, "checkpoint", order)
     return Table("fidelity_progress", "Fidelity against pretraining progress: KL to the unquantized base",
                  frame, pd.DataFrame(), numbers,
@@ -83,17 +88,19 @@ def fidelity_blocksize(runs, judgments):
         return None
     have = have[(have["checkpoint"] == "final") & (have["dtype.backend"] == "lab") & (have["dtype.double_quant"] == False)]  # noqa: E712
     have = have.dropna(subset=["dtype.blocksize"]).assign(blocksize=lambda f: f["dtype.blocksize"].astype(int))
-    if have["blocksize"].nunique() < 2:
+    swept = have.groupby("dtype_label")["blocksize"].nunique()
+    have = have[have["dtype_label"].isin(swept[swept > 1].index)]  # data types measured at one blocksize only: elsewhere
+    if have.empty or have["blocksize"].nunique() < 2:
         return None
     order = sorted(have["blocksize"].unique())
     frame, numbers = _kl_table(have, "blocksize", order)
-    frame.columns = [f"b{b}" for b in frame.columns]
     bits = have.pivot_table(index="dtype_label", columns="blocksize", values="bits_per_param", aggfunc="first")
-    bits.columns = [f"b{b}" for b in bits.columns]
+    frame = frame.combine(bits.loc[frame.index, order], lambda cells, b: cells + b.map(lambda v: f" · {v:.3g} bits"))
+    frame.columns = [f"b{b}" for b in frame.columns]
     return Table("fidelity_blocksize", "Fidelity by blocksize: KL to the unquantized base", frame,
-                 bits.loc[frame.index].round(3), numbers,
-                 note="Final checkpoint, backend lab, no double quantization; KL in 10^-3 nats [95% interval]. "
-                      "Bits per parameter below (Int4-affine stores a zero point per block beside its scale). "
+                 pd.DataFrame(), numbers,
+                 note="Final checkpoint, backend lab, no double quantization; KL in 10^-3 nats [95% interval] · "
+                      "bits per parameter (Int4-affine stores a zero point per block beside its scale). "
                       "Order, closest first: " + orders(have, "blocksize", order) + ".")
 
 
@@ -104,7 +111,7 @@ def checkpoints(runs, judgments):
     have = ptq_fidelity(runs)
     if have.empty or have["checkpoint"].nunique() < 2:
         return None
-    order = _checkpoint_order(have["checkpoint"])
+    order = checkpoints_in_order(have["checkpoint"])
     per = have.groupby("checkpoint").agg(held_out_ppl=("ref_ppl", "first"), weight_kurtosis=("weight_kurtosis", "first"),
                                          runs=("run_id", "size")).loc[order]
     frame = per[["held_out_ppl", "weight_kurtosis"]].round(3)

@@ -10,7 +10,7 @@ import pandas as pd
 
 from qlora_analysis.intervals import mean_interval, shown
 from qlora_analysis.tables import Table, table
-from qlora_analysis.tables.fidelity import _checkpoint_order, checkpoint_name
+from qlora_analysis.tables.fidelity import checkpoint_name, checkpoints_in_order
 
 
 def accuracy_cell(accuracy: float, n: int) -> str:
@@ -36,7 +36,7 @@ def zero_shot_bits(runs, judgments):
     have = have.sort_values("dtype.backend").drop_duplicates(subset=["dtype_label", "checkpoint"])
     questions = _questions(have).fillna(0).astype(int)
     have["cell"] = [accuracy_cell(a, n) for a, n in zip(have["zero_shot_mean"], questions)]
-    order = _checkpoint_order(have["checkpoint"])
+    order = checkpoints_in_order(have["checkpoint"])
     frame = have.pivot(index="dtype_label", columns="checkpoint", values="cell")[order]
     bits = have.groupby("dtype_label")["total_bits"].first()
     frame.insert(0, "total bits (Mbit)", (bits / 1e6).round(2).astype(str))

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -56,10 +57,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep-dir", type=Path, default=REPO / "multirun" / "micro-study")
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "micro-study")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rebuild the report from the sweep folder and the timing of the run that made it")
     parser.add_argument("overrides", nargs="*", help="extra overrides for every sweep (e.g. train.seed=0)")
     for folder, sweep in SWEEPS.items():
         parser.add_argument(f"--{folder}-args", default="", help=f"extra overrides for sweeps/{sweep}.yaml only")
     args = parser.parse_args()
+    if args.report_only:  # the figures of the run that made the sweep folder, the report made again
+        timing = json.loads((args.out / "timing.json").read_text())
+        write_report(args.sweep_dir, args.out, timing["phases_s"])
+        return
     phases: dict[str, float] = {}
 
     start = time.perf_counter()
@@ -76,12 +83,21 @@ def main() -> None:
     start = time.perf_counter()
     _run("-m", "qlora_lab.judge", str(args.sweep_dir / "finetune"))
     phases["judging (reference judge)"] = time.perf_counter() - start
+    write_report(args.sweep_dir, args.out, phases)
 
+
+def write_report(sweep_dir: Path, out: Path, phases: dict[str, float]) -> None:
+    """The analysis into a fresh `out` (no file of an earlier report left behind), timed, and the
+    time split appended to its report.md and written to timing.json."""
+    for name in ("tables", "plots"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in ("report.md", "runs.csv", "timing.json"):
+        (out / name).unlink(missing_ok=True)
     start = time.perf_counter()
-    _run("-m", "qlora_analysis", str(args.sweep_dir), "--out", str(args.out))
-    phases["analysis (qlora_analysis)"] = time.perf_counter() - start
+    _run("-m", "qlora_analysis", str(sweep_dir), "--out", str(out))
+    phases = {**phases, "analysis (qlora_analysis)": time.perf_counter() - start}
 
-    summed = run_times(args.sweep_dir)
+    summed = run_times(sweep_dir)
     total = sum(phases.values())
     lines = ["", "## Time", "", "| phase | seconds |", "|---|---:|"]
     lines += [f"| {name} | {seconds:.1f} |" for name, seconds in phases.items()]
@@ -90,9 +106,9 @@ def main() -> None:
               f"in time on the local launcher: training {summed['train_s_summed']} s, evaluation "
               f"{summed['eval_s_summed']} s, model loading {summed['load_s_summed']} s. The rest of the sweeps' "
               f"wall time is process start-up and the launcher.", ""]
-    report = args.out / "report.md"
+    report = out / "report.md"
     report.write_text(report.read_text() + "\n".join(lines))
-    (args.out / "timing.json").write_text(json.dumps({"phases_s": phases, "total_s": total, **summed}, indent=2) + "\n")
+    (out / "timing.json").write_text(json.dumps({"phases_s": phases, "total_s": total, **summed}, indent=2) + "\n")
     print(f"micro-study: {total / 60:.1f} min; report: {report}")
 
 

@@ -107,7 +107,7 @@ def test_micro_study_in_miniature_runs_judges_analyses_and_times_itself(tmp_path
     first_table = report.split("### ")[1]
     assert first_table.startswith("The paper's claims at this scale")
     claim_rows = [line for line in first_table.splitlines() if line.startswith("| ") and "verdict" not in line]
-    assert claim_rows and all(any(v in row for v in ("holds", "reversed", "below the noise floor"))
+    assert claim_rows and all(any(v in row for v in ("holds", "reversed", "below the noise floor", "does not hold"))
                               for row in claim_rows)
     assert "Beyond the paper: Int4-affine beats NF4 at blocksize 32" in first_table
     assert "Fidelity by blocksize" not in report  # one blocksize: no table of its own
