@@ -17,11 +17,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="report folder (report.md, tables/, plots/); default: DIR/report")
     parser.add_argument("--strict", action="store_true",
                         help="refuse the folders when a record is corrupt (default: list it under Runs left out)")
+    parser.add_argument("--rehearsal", action="store_true",
+                        help="count cluster rehearsals' records (train.rehearsal=true) instead of leaving them out")
     args = parser.parse_args(argv)
     if args.out is None:
         args.out = Path(args.dirs[0]) / "report"
     try:
-        report = build_report(args.dirs, args.out, strict=args.strict)
+        report = build_report(args.dirs, args.out, strict=args.strict, rehearsal=args.rehearsal)
     except (RecordSchemaError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

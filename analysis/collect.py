@@ -33,12 +33,13 @@ class CorruptRecordError(RecordSchemaError):
     """A record.json that is not JSON (truncated by a full disk, edited by hand)."""
 
 
-def collect(*dirs: str | Path, strict: bool = False) -> pd.DataFrame:
+def collect(*dirs: str | Path, strict: bool = False, rehearsal: bool = False) -> pd.DataFrame:
     """Every `record.json` under the folders -> a DataFrame of the ok runs, one per run_id.
 
     `attrs["left_out"]` (as a DataFrame: `left_out(frame)`): run_dir, run_id, reason of failed runs, unfinished run
     folders (a Hydra job folder without a record), corrupt records (unless `strict`: then they
-    are refused) and duplicates (a run_id already counted)."""
+    are refused), rehearsal records (unless `rehearsal`: then they are the rows) and duplicates
+    (a run_id already counted)."""
     rows, left_out, seen = [], [], {}
     record_paths, unfinished = _scan(dirs)
     for path in record_paths:
@@ -49,6 +50,11 @@ def collect(*dirs: str | Path, strict: bool = False) -> pd.DataFrame:
             if strict:
                 raise
             left_out.append({"run_dir": run_dir, "run_id": None, "reason": f"corrupt record: {err.reason}"})
+            continue
+        if bool(record.get("rehearsal")) != rehearsal and record.get("status") == "ok":
+            reason = ("rehearsal: a cluster rehearsal's record, no model work (--rehearsal shows them)"
+                      if record.get("rehearsal") else "not a rehearsal (--rehearsal shows only rehearsals)")
+            left_out.append({"run_dir": run_dir, "run_id": record.get("run_id"), "reason": reason})
             continue
         if record.get("status") != "ok":
             left_out.append({"run_dir": run_dir, "run_id": record.get("run_id"),
@@ -165,6 +171,8 @@ def _row(record: dict, run_dir: str) -> dict:
     counts = metrics.get("zero_shot_n")
     if isinstance(counts, dict):
         row["zero_shot_questions"] = sum(counts.values())
+    for name, value in record.get("resources", {}).items():  # a rehearsal's: what the job was given
+        row[f"resources.{name}"] = value
     row["judged_as"] = ",".join(record.get("overrides", []))  # the name judging gives the run (no --label)
     row["train_s"] = timing.get("train_s")
     row["tokens_per_s"] = timing.get("tokens_per_s")

@@ -24,8 +24,8 @@ class Report:
     plots: list[Path] = field(default_factory=list)
 
 
-def build_report(dirs: list[str | Path], out: Path, strict: bool = False) -> Report:
-    runs = collect(*dirs, strict=strict)
+def build_report(dirs: list[str | Path], out: Path, strict: bool = False, rehearsal: bool = False) -> Report:
+    runs = collect(*dirs, strict=strict, rehearsal=rehearsal)
     judgments = read_judgments(*dirs)
     tables = all_tables(runs, judgments)
     elo = next((t.numbers for t in tables if t.name == "elo"), None)

@@ -242,6 +242,9 @@ class TrainConfig:
     # CPU only: torch's profiler over the first steps gives memory.peak_tensor_mb (it costs throughput
     # and memory while it runs, so it is opt-in; on a GPU CUDA's peak statistic is free and always read)
     cpu_tensor_peak: bool = False
+    # a cluster rehearsal: compose and validate the config, check the GPUs, CPUs and memory the job
+    # got against model.resources, write an ok record (rehearsal: true) and load no model
+    rehearsal: bool = False
 
     def validate(self) -> None:
         at_least("train.max_steps", self.max_steps, 0)

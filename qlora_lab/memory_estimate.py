@@ -61,7 +61,8 @@ def stored_bytes_per_weight(dtype) -> float:
     if dtype.name == "int8":
         return 1.0  # plus one float32 scale per row, counted by the caller
     per_block = 8 / dtype.blocksize + 32 / (dtype.blocksize * 256) if dtype.double_quant else 32 / dtype.blocksize
-    return (bits + per_block) / 8
+    constants = 2 if dtype.name.endswith("_affine") else 1  # an affine type stores a zero point beside the scale
+    return (bits + constants * per_block) / 8
 
 
 def layer_activation_elements(arch, targets: list[str], family: str = "llama") -> int:

@@ -38,6 +38,8 @@ class Record:
     env: dict = field(default_factory=dict)  # library versions, device, git sha
     started_at: str | None = None  # ISO-8601 UTC
     finished_at: str | None = None
+    rehearsal: bool = False  # train.rehearsal: the job's config and resources proved, no model work, no metrics
+    resources: dict = field(default_factory=dict)  # what the job was given: gpus_seen, cpus_seen, mem_gb_seen, ...
     schema: int = SCHEMA
 
     def to_json(self) -> str:

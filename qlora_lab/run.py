@@ -49,14 +49,37 @@ def run_task(cfg, run_dir: Path, overrides: list[str]) -> Outcome:
 def run(config: RunConfig, run_dir: Path, overrides: list[str]) -> Outcome:
     """Train, evaluate, record; a folder that already holds an ok record of this very config
     is reused as it is (a relaunched sweep redoes only failed and unfinished runs)."""
-    config = with_native_compute(config)
+    if not config.train.rehearsal:  # a rehearsal loads no framework: `auto` stays as written
+        config = with_native_compute(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     with file_lock(run_dir / ".lock"):  # two launches of one sweep at once: the second waits, then reuses
         done = _reusable(run_dir, run_id(config.to_dict()))
         if done is not None:
             log.info("run %s: reusing its ok record (run_id %s)", run_dir, done.run_id)
             return Outcome(done, reused=True)
-        return Outcome(_run(config, run_dir, overrides))
+        return Outcome(rehearse(config, run_dir, overrides) if config.train.rehearsal else
+                       _run(config, run_dir, overrides))
+
+
+def rehearse(config: RunConfig, run_dir: Path, overrides: list[str]) -> Record:
+    """A cluster rehearsal: the config as a real run composes and validates it, the resources the
+    job got against what its model asks for, an `ok` record with no metrics (failed where the
+    job got fewer GPUs than it asked for, naming both). No model, data or framework is loaded."""
+    from qlora_lab.resources_seen import seen
+
+    started_at, start = utc_now(), time.perf_counter()
+    got, asked = seen(), config.model.resources
+    status, error = "ok", None
+    if got.gpus_seen < asked.gpus:
+        status, error = "failed", (f"got {got.gpus_seen} GPU(s) (CUDA_VISIBLE_DEVICES={got.gpu_ids}); "
+                                   f"model.resources.gpus asks for {asked.gpus}")
+        log.error("run %s failed: %s", run_dir, error)
+    record = Record(run_id=run_id(config.to_dict()), status=status, error=error, overrides=overrides,
+                    config=config.to_dict(), started_at=started_at, finished_at=utc_now(), rehearsal=True,
+                    resources=vars(got), memory={"estimate": _rehearsal_estimate(config)},
+                    timing={"wall_s": round(time.perf_counter() - start, 3)})
+    write_record(run_dir, record)
+    return record
 
 
 def with_native_compute(config: RunConfig) -> RunConfig:
@@ -126,6 +149,17 @@ def _run(config: RunConfig, run_dir: Path, overrides: list[str]) -> Record:
         write_record(run_dir, record)
         _finish_wandb()
     return record
+
+
+def _rehearsal_estimate(config: RunConfig) -> dict | None:
+    """The planner's memory estimate at the compute dtype a GPU job would use for `auto` (bf16)."""
+    from qlora_lab.memory_estimate import estimate_memory
+
+    compute = "bf16" if config.dtype.compute_dtype == "auto" else config.dtype.compute_dtype
+    try:
+        return estimate_memory(config, compute).to_dict()
+    except ValueError:
+        return None
 
 
 def _first_sigint_only() -> None:

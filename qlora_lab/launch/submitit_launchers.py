@@ -2,9 +2,11 @@
 
 The plugin resolves the launcher config once per sweep, so a sweep over model sizes would ask
 every job for the first size's GPUs and time. These subclasses resolve the launcher config
-per job (its `${model.resources.*}` interpolations see the job's own model) and submit one job
-array per distinct set of resources; submitting, checkpointing (requeue on preemption or
-timeout) and waiting stay the plugin's and submitit's.
+per job (its `${model.resources.*}` interpolations see the job's own model; composed once per
+distinct set of the overrides that can touch them, not once per job) and submit one job array
+per distinct set of resources, split where the cluster's MaxArraySize or MaxJobCount would make
+sbatch refuse it; submitting, checkpointing (requeue on preemption or timeout) and waiting stay
+the plugin's and submitit's.
 
 Hydra instantiates a launcher only from a class it registered under `hydra_plugins.*`, and its
 scan cannot see a package an editable install maps there; `register()` adds ours to its
@@ -14,6 +16,10 @@ registry under PLUGIN_PREFIX (the classes keep this module's name, so jobs unpic
 from __future__ import annotations
 
 import logging
+import re
+import subprocess
+import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,14 +36,64 @@ PER_JOB_KEYS = ("timeout_min", "cpus_per_task", "gpus_per_node", "mem_gb", "gres
 
 
 
+# Config groups packaged under their own name: their overrides cannot reach `model.resources` or
+# `hydra.launcher`, so jobs that differ only in them share one composition of the launcher config.
+OWN_PACKAGE_GROUPS = ("dtype", "lora", "train", "eval", "dataset")
+
+
+def resource_key(overrides: Sequence[str]) -> tuple[str, ...]:
+    """The overrides that can change a job's launcher values (model, global groups, hydra.*)."""
+    def group(override: str) -> str:
+        return override.lstrip("+~").split("=", 1)[0].split(".", 1)[0].split("/", 1)[0]
+
+    return tuple(o for o in overrides if group(o) not in OWN_PACKAGE_GROUPS)
+
+
 def resources_per_job(launcher, job_overrides: Sequence[Sequence[str]]) -> list[dict[str, Any]]:
-    """Each job's launcher values for PER_JOB_KEYS, resolved in that job's own config."""
+    """Each job's launcher values for PER_JOB_KEYS, resolved in that job's own config; composed
+    once per distinct resource_key (a 320-job study over 8 models composes 8 times, not 320)."""
+    resolved: dict[tuple[str, ...], dict[str, Any]] = {}
     wanted = []
     for overrides in job_overrides:
-        cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
-        node = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
-        wanted.append({key: node.get(key) for key in PER_JOB_KEYS if key in node})
+        key = resource_key(overrides)
+        if key not in resolved:
+            cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
+            node = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+            resolved[key] = {k: node.get(k) for k in PER_JOB_KEYS if k in node}
+        wanted.append(resolved[key])
     return wanted
+
+
+@lru_cache(maxsize=1)
+def cluster_limits() -> tuple[int, int]:
+    """(MaxArraySize, MaxJobCount) of the cluster `scontrol show config` reports; Slurm's
+    defaults (1001, 10000) where it cannot be asked."""
+    try:
+        shown = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        shown = ""
+    value = lambda name, default: int(m.group(1)) if (m := re.search(rf"^{name}\s*=\s*(\d+)", shown, re.M)) else default
+    return value("MaxArraySize", 1001), value("MaxJobCount", 10000)
+
+
+def chunks(members: list[int], max_array_size: int, max_job_count: int) -> list[list[int]]:
+    """Arrays sbatch accepts: indices 0..n-1 with n <= MaxArraySize (index < MaxArraySize) and no
+    more jobs in one array than the cluster may hold at once."""
+    size = max(1, min(max_array_size, max_job_count))
+    return [members[i : i + size] for i in range(0, len(members), size)]
+
+
+def queued_jobs() -> int:
+    """Jobs (array tasks counted one by one) this user has pending or running."""
+    out = subprocess.run(["squeue", "-h", "-r", "--me", "-o", "%i"], capture_output=True, text=True, timeout=60)
+    return len(out.stdout.split()) if out.returncode == 0 else 0
+
+
+def wait_for_room(jobs: int, max_job_count: int, poll_s: float = 5.0) -> None:
+    """Before an array of `jobs`: wait until the cluster's MaxJobCount leaves room for it."""
+    while queued_jobs() + jobs > max_job_count:
+        log.info("\twaiting: %d job(s) queued, MaxJobCount %d", queued_jobs(), max_job_count)
+        time.sleep(poll_s)
 
 
 class _PerJobResources:
@@ -54,17 +110,25 @@ class _PerJobResources:
         for idx in range(len(per_job)):
             groups.setdefault(tuple(sorted(per_job[idx].items())), []).append(idx)
         jobs: dict[int, Any] = {}
+        arrays, started = 0, time.perf_counter()
+        max_array, max_jobs = self._limits()
+        state = Singleton.get_state()
         for key, members in groups.items():
             executor = self._executor(dict(key))
-            log.info("\tresources %s: %d job(s)", dict(key), len(members))
-            job_params = []
-            for idx in members:
-                num = initial_job_idx + idx
-                log.info(f"\t#{num} : {' '.join(filter_overrides(job_overrides[idx]))}")
-                job_params.append((list(job_overrides[idx]), "hydra.sweep.dir", num, f"job_id_for_{num}",
-                                   Singleton.get_state()))
-            for idx, job in zip(members, executor.map_array(self, *zip(*job_params))):
-                jobs[idx] = job
+            parts = chunks(members, max_array, max_jobs)
+            log.info("\tresources %s: %d job(s) in %d array(s)", dict(key), len(members), len(parts))
+            for part in parts:
+                job_params = []
+                for idx in part:
+                    num = initial_job_idx + idx
+                    log.debug(f"\t#{num} : {' '.join(filter_overrides(job_overrides[idx]))}")
+                    job_params.append((list(job_overrides[idx]), "hydra.sweep.dir", num, f"job_id_for_{num}", state))
+                self._before_submit(len(part), max_jobs)
+                for idx, job in zip(part, executor.map_array(self, *zip(*job_params))):
+                    jobs[idx] = job
+                arrays += 1
+        log.info("submitted %d job(s) in %d array(s) in %.1f s; waiting for them", len(jobs), arrays,
+                 time.perf_counter() - started)
         returns, error = [], None
         for idx in range(len(per_job)):  # a job that broke (no result) does not stop the wait for the others
             try:
@@ -74,6 +138,12 @@ class _PerJobResources:
         if error is not None:
             raise error
         return returns
+
+    def _limits(self) -> tuple[int, int]:
+        return 1 << 30, 1 << 30  # no scheduler limits (the local executor)
+
+    def _before_submit(self, jobs: int, max_job_count: int) -> None:
+        pass
 
     def _executor(self, resources: dict[str, Any]):
         import submitit
@@ -91,7 +161,14 @@ class _PerJobResources:
 
 
 class ResourceAwareSlurmLauncher(_PerJobResources, SlurmLauncher):
-    """`hydra/launcher=slurm`: submitit_slurm, resources from each job's model config."""
+    """`hydra/launcher=slurm`: submitit_slurm, resources from each job's model config, arrays
+    within the cluster's MaxArraySize and MaxJobCount."""
+
+    def _limits(self) -> tuple[int, int]:
+        return cluster_limits()
+
+    def _before_submit(self, jobs: int, max_job_count: int) -> None:
+        wait_for_room(jobs, max_job_count)
 
 
 PLUGIN_PREFIX = "hydra_plugins.qlora_lab."  # the `_target_` prefix in conf/hydra/launcher/*.yaml

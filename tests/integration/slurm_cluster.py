@@ -5,7 +5,16 @@
     python tests/integration/slurm_cluster.py down
 
 `make slurm-up` / `make slurm-down` run these. No systemd and no cgroups: the daemons are
-started by hand, with `proctrack/linuxproc` and `task/none`. Accounting runs (slurmdbd on
+started by hand, with `proctrack/linuxproc` and `task/none`.
+
+The node is a simulated GPU node: 8 GPUs (Slurm generic resources, `AutoDetect=off`, `File=`
+pointing at device nodes made here: character devices with /dev/null's numbers, or plain files
+where mknod is not allowed), 64 CPUs and 512 GB (SlurmdParameters=config_overrides: slurmd takes
+the configured node as it is, not the machine's 2 cores). Jobs asking for 1, 2 or 4 GPUs are
+scheduled and packed by Slurm for real and get CUDA_VISIBLE_DEVICES; nothing in them can use a
+GPU (a rehearsal, `train.rehearsal=true`, does no model work). QLORA_SLURM_{GPUS,CPUS,MEM_MB,
+MAX_ARRAY_SIZE} change the node and the array limit; `up()` takes them as arguments too, and
+reconfigures a running cluster whose settings differ. Accounting runs (slurmdbd on
 MariaDB) because without it submitit's sacct calls fail and a job killed without a result can
 leave `job.result()` waiting forever. Everything the cluster writes lives under STATE_DIR, and
 its configs are the system's (/etc/slurm), so sbatch, squeue and submitit find them.
@@ -19,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "slurmdbd", "munge", "mariadb-server", "mariadb-client"]
@@ -42,7 +52,38 @@ def install() -> None:
                    stdout=subprocess.DEVNULL)
 
 
-def _slurm_conf(host: str, cpus: int, memory_mb: int) -> str:
+@dataclass(frozen=True)
+class Node:
+    """The simulated node and the scheduler limit the tests vary."""
+
+    gpus: int = int(os.environ.get("QLORA_SLURM_GPUS", 8))
+    cpus: int = int(os.environ.get("QLORA_SLURM_CPUS", 64))
+    memory_mb: int = int(os.environ.get("QLORA_SLURM_MEM_MB", 512_000))
+    max_array_size: int = int(os.environ.get("QLORA_SLURM_MAX_ARRAY_SIZE", 1001))
+
+
+def gpu_devices(gpus: int) -> list[Path]:
+    """Device nodes for the gres.conf `File=` lines: /dev/null's numbers, or plain files."""
+    folder = STATE_DIR / "dev"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"gpu{i}" for i in range(gpus)]
+    for path in paths:
+        if not path.exists():
+            made = subprocess.run(["mknod", str(path), "c", "1", "3"], capture_output=True)
+            if made.returncode != 0:
+                path.touch()
+    return paths
+
+
+def _gres_conf(host: str, gpus: int) -> str:
+    if not gpus:
+        return "AutoDetect=off\n"
+    return f"AutoDetect=off\nNodeName={host} Name=gpu File={STATE_DIR}/dev/gpu[0-{gpus - 1}]\n"
+
+
+def _slurm_conf(host: str, node: Node) -> str:
+    cpus, memory_mb = node.cpus, node.memory_mb
+    gres = f" Gres=gpu:{node.gpus}" if node.gpus else ""
     return f"""# written by tests/integration/slurm_cluster.py: a one-node cluster without systemd or cgroups
 ClusterName={CLUSTER}
 SlurmctldHost={host}(127.0.0.1)
@@ -70,7 +111,12 @@ MinJobAge=300
 SchedulerParameters=batch_sched_delay=0
 SlurmctldTimeout=30
 SlurmdTimeout=30
-NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
+GresTypes=gpu
+SlurmdParameters=config_overrides
+MaxArraySize={node.max_array_size}
+MaxJobCount=20000
+AuthInfo=cred_expire=10
+NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb}{gres} State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 """
 
@@ -109,19 +155,22 @@ def _succeeds(*cmd: str) -> bool:
     return subprocess.run(list(cmd), capture_output=True).returncode == 0
 
 
-def up() -> None:
-    """Start every daemon (idempotent: a running cluster is left as it is)."""
+def up(node: Node | None = None) -> None:
+    """Start every daemon (idempotent: a running cluster with these settings is left as it is;
+    one with others is restarted with them)."""
     if not installed():
         raise SystemExit("error: SLURM is not installed; run `python tests/integration/slurm_cluster.py install`")
-    if _succeeds("sinfo", "-h") and _node_idle():
+    node = node or Node()
+    host = socket.gethostname().split(".")[0]
+    conf = _slurm_conf(host, node)
+    current = (CONF_DIR / "slurm.conf").read_text() if (CONF_DIR / "slurm.conf").exists() else ""
+    if _succeeds("sinfo", "-h") and _node_idle() and current == conf:
         print("cluster already up")
         return
     down(quiet=True)
     for sub in ("slurmctld", "slurmd", "mysql", "munge"):
         (STATE_DIR / sub).mkdir(parents=True, exist_ok=True)
-    host = socket.gethostname().split(".")[0]
-    cpus = os.cpu_count() or 1
-    memory_mb = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20 * 0.9)
+    gpu_devices(node.gpus)
 
     # munge: the key the package made, its socket folder readable by everyone (slurmdbd needs it)
     Path("/run/munge").mkdir(parents=True, exist_ok=True)
@@ -149,7 +198,8 @@ def up() -> None:
          "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1'; FLUSH PRIVILEGES;")
 
     CONF_DIR.mkdir(parents=True, exist_ok=True)
-    (CONF_DIR / "slurm.conf").write_text(_slurm_conf(host, cpus, memory_mb))
+    (CONF_DIR / "slurm.conf").write_text(conf)
+    (CONF_DIR / "gres.conf").write_text(_gres_conf(host, node.gpus))
     dbd = CONF_DIR / "slurmdbd.conf"
     dbd.write_text(_slurmdbd_conf(host))
     os.chmod(dbd, 0o600)
@@ -165,7 +215,8 @@ def up() -> None:
     if _node_state() not in ("idle", "mixed", "allocated"):  # drained by a job a past `down` cut short
         _run("scontrol", "update", f"nodename={host}", "state=resume")
     _wait("slurmd (node idle)", _node_idle)
-    print(f"cluster {CLUSTER} up: node {host}, {cpus} CPUs, {memory_mb} MB; state and logs in {STATE_DIR}")
+    print(f"cluster {CLUSTER} up: node {host}, {node.gpus} GPUs (simulated), {node.cpus} CPUs, {node.memory_mb} MB, "
+          f"MaxArraySize {node.max_array_size}; state and logs in {STATE_DIR}")
 
 
 def _node_state() -> str:
