@@ -173,6 +173,9 @@ def _row(record: dict, run_dir: str) -> dict:
         row["zero_shot_questions"] = sum(counts.values())
     for name, value in record.get("resources", {}).items():  # a rehearsal's: what the job was given
         row[f"resources.{name}"] = value
+    if record.get("rehearsal"):  # and what its model asked for
+        for name in ("gpus", "cpus", "mem_gb"):
+            row[f"resources.{name}_asked"] = config_value(config, f"model.resources.{name}")
     row["judged_as"] = ",".join(record.get("overrides", []))  # the name judging gives the run (no --label)
     row["train_s"] = timing.get("train_s")
     row["tokens_per_s"] = timing.get("tokens_per_s")

@@ -35,17 +35,20 @@ def task(cfg: DictConfig) -> float:
 def main() -> None:
     from qlora_lab.launch.submitit_launchers import register
     from qlora_lab.sweep import summary as sweep_summary
+    from qlora_lab.sweep.compose import batch_checked_once_per_composition, shared_config_files
     from qlora_lab.sweep.files import register_sweep_files
     from qlora_lab.sweep.preflight import check_command_line
 
     register_sweep_files()
     register()
-    problem = check_command_line(sys.argv[1:], CONF_DIR)
+    with shared_config_files():  # the check composes each distinct run once, from files parsed once
+        problem = check_command_line(sys.argv[1:], CONF_DIR)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
     try:
-        task()
+        with shared_config_files(), batch_checked_once_per_composition(CONF_DIR):
+            task()
     except KeyboardInterrupt:  # Ctrl-C: each run's record says where it stopped; no traceback
         print("interrupted (SIGINT): the runs so far", file=sys.stderr, flush=True)
         sweep_summary.report_interrupted()

@@ -103,6 +103,8 @@ def _label(fine: pd.DataFrame, dtype: str, targets: str) -> str | None:
 
 @table("claims")
 def claims(runs, judgments):
+    if runs.empty or "dtype_label" not in runs:
+        return None
     ptq, fine = _ptq(runs), _finetuned(runs)
     floor = seed_floor(fine) if not fine.empty else math.nan
     rows = []
@@ -165,7 +167,8 @@ def _flipped(e: Evidence | None) -> Evidence | None:
 
 def _dq_saving(ptq: pd.DataFrame | None, runs: pd.DataFrame) -> Evidence | None:
     """Bits per parameter of NF4 minus NF4+DQ at blocksize 64, against the paper's 0.373."""
-    source = ptq if ptq is not None else runs.drop_duplicates("dtype_label").set_index("dtype_label")
+    measured = runs.dropna(subset=["bits_per_param"]) if "bits_per_param" in runs else runs.iloc[0:0]
+    source = ptq if ptq is not None else measured.drop_duplicates("dtype_label").set_index("dtype_label")
     if source is None or "NF4" not in source.index or "NF4+DQ" not in source.index:
         return None
     saving = float(source.loc["NF4", "bits_per_param"] - source.loc["NF4+DQ", "bits_per_param"])

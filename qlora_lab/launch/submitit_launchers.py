@@ -64,6 +64,37 @@ def resources_per_job(launcher, job_overrides: Sequence[Sequence[str]]) -> list[
     return wanted
 
 
+LOST_AFTER_S = 60.0  # a job neither queued nor in the accounting for this long is taken as cancelled
+
+
+class LostJobError(RuntimeError):
+    """A job the scheduler no longer knows, with no result: cancelled before it ever started."""
+
+
+def wait_for_jobs(jobs: dict[int, Any], queued, poll_s: float = 1.0,
+                  lost_after_s: float = LOST_AFTER_S) -> dict[int, LostJobError]:
+    """Until every job is done (submitit's states, polled in one batch) or lost. An array task
+    cancelled while pending leaves no line in Slurm 22.05's accounting, so submitit would report
+    it UNKNOWN and wait for it forever; one UNKNOWN for `lost_after_s` and not in the queue is
+    lost instead (what a relaunch redoes)."""
+    waiting, unknown_since, lost = dict(jobs), {}, {}
+    while waiting:
+        for idx, job in list(waiting.items()):
+            if job.done():
+                del waiting[idx]
+            elif job.state != "UNKNOWN":
+                unknown_since.pop(idx, None)
+            elif time.monotonic() - unknown_since.setdefault(idx, time.monotonic()) > lost_after_s \
+                    and not queued(job.job_id):
+                lost[idx] = LostJobError(f"job {job.job_id} left the queue without a result or an accounting "
+                                         f"record (cancelled before it started)")
+                log.error("\t%s", lost[idx])
+                del waiting[idx]
+        if waiting:
+            time.sleep(poll_s)
+    return lost
+
+
 @lru_cache(maxsize=1)
 def cluster_limits() -> tuple[int, int]:
     """(MaxArraySize, MaxJobCount) of the cluster `scontrol show config` reports; Slurm's
@@ -129,8 +160,12 @@ class _PerJobResources:
                 arrays += 1
         log.info("submitted %d job(s) in %d array(s) in %.1f s; waiting for them", len(jobs), arrays,
                  time.perf_counter() - started)
+        lost = wait_for_jobs(jobs, self._queued)
         returns, error = [], None
         for idx in range(len(per_job)):  # a job that broke (no result) does not stop the wait for the others
+            if idx in lost:
+                error = error or lost[idx]
+                continue
             try:
                 returns.append(jobs[idx].results()[0])
             except Exception as err:  # submitit's: the job died without a result
@@ -138,6 +173,9 @@ class _PerJobResources:
         if error is not None:
             raise error
         return returns
+
+    def _queued(self, job_id: str) -> bool:
+        return True  # the local executor loses no job
 
     def _limits(self) -> tuple[int, int]:
         return 1 << 30, 1 << 30  # no scheduler limits (the local executor)
@@ -169,6 +207,11 @@ class ResourceAwareSlurmLauncher(_PerJobResources, SlurmLauncher):
 
     def _before_submit(self, jobs: int, max_job_count: int) -> None:
         wait_for_room(jobs, max_job_count)
+
+    def _queued(self, job_id: str) -> bool:
+        out = subprocess.run(["squeue", "-h", "-r", "-j", job_id, "-o", "%i"], capture_output=True, text=True,
+                             timeout=60)
+        return out.returncode == 0 and bool(out.stdout.strip())
 
 
 PLUGIN_PREFIX = "hydra_plugins.qlora_lab."  # the `_target_` prefix in conf/hydra/launcher/*.yaml

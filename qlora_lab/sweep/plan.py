@@ -88,9 +88,8 @@ def render(runs: list[PlannedRun]) -> str:
 def main() -> None:
     """`plan [+sweep=NAME] [overrides]`, or `plan --studies [overrides]`: every paper study's
     totals, then the grand total on the last line."""
-    from qlora_lab.sweep import CONF_DIR
-    from qlora_lab.sweep.files import paper_studies, register_sweep_files
-    from qlora_lab.sweep.preflight import check_command_line
+    from qlora_lab.sweep.compose import shared_config_files
+    from qlora_lab.sweep.files import register_sweep_files
 
     argv = [arg for arg in sys.argv[1:] if arg not in ("-m", "--multirun")]
     if {"-h", "--help"} & set(argv):
@@ -99,18 +98,57 @@ def main() -> None:
               "(also python -m qlora_lab.plan); launches nothing")
         return
     register_sweep_files()
+    with shared_config_files():
+        _plan_main(argv)
+
+
+def _plan_main(argv: list[str]) -> None:
+    from qlora_lab.sweep import CONF_DIR
+    from qlora_lab.sweep.preflight import check_command_line
+
     if "--studies" not in argv:
         print(render(plan(_checked(argv, CONF_DIR, check_command_line), CONF_DIR)))
         return
-    rest = [arg for arg in argv if arg != "--studies"]
+    _plan_studies([arg for arg in argv if arg != "--studies"])
+
+
+def _plan_studies(rest: list[str]) -> None:
+    """Every paper study's totals, the studies planned side by side in forked processes (one per
+    core: composing is pure Python), printed in order."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from qlora_lab.sweep.files import paper_studies
+
+    studies = paper_studies()
+    workers = max(1, min(len(studies), os.cpu_count() or 1))
     totals = []
-    for name in paper_studies():
-        runs = plan(_checked([f"+sweep={name}", *rest], CONF_DIR, check_command_line), CONF_DIR)
-        totals.append((len(runs), sum(run.gpu_hours for run in runs)))
-        misfits = sum(run.fits is False for run in runs)
-        print(f"{name:<16} {len(runs):>5} runs {totals[-1][1]:>9.1f} GPU-hours"
-              + (f"  ({misfits} will not fit)" if misfits else ""), flush=True)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        for name, result in zip(studies, pool.map(_study_totals, studies, [rest] * len(studies))):
+            if isinstance(result, str):
+                print(f"error: {result}", file=sys.stderr)
+                sys.exit(2)
+            runs, hours, misfits = result
+            totals.append((runs, hours))
+            print(f"{name:<16} {runs:>5} runs {hours:>9.1f} GPU-hours"
+                  + (f"  ({misfits} will not fit)" if misfits else ""), flush=True)
     print(f"{sum(n for n, _ in totals)} runs, {sum(h for _, h in totals):.1f} GPU-hours")
+
+
+def _study_totals(name: str, rest: list[str]) -> tuple[int, float, int] | str:
+    """(runs, GPU-hours, runs that will not fit) of one study, or the problem with its command line."""
+    from qlora_lab.sweep import CONF_DIR
+    from qlora_lab.sweep.compose import shared_config_files
+    from qlora_lab.sweep.preflight import check_command_line
+
+    argv = [f"+sweep={name}", *rest]
+    with shared_config_files():
+        problem = check_command_line(argv, CONF_DIR)
+        if problem:
+            return problem
+        runs = plan(argv, CONF_DIR)
+    return len(runs), sum(run.gpu_hours for run in runs), sum(run.fits is False for run in runs)
 
 
 def _checked(argv: list[str], conf_dir: Path, check) -> list[str]:

@@ -41,12 +41,16 @@ def cluster():
 
 
 def _arrays(sweep: Path) -> dict[str, list[int]]:
-    """Slurm array job id -> its task indices, from submitit's folders (ID_INDEX)."""
+    """Slurm job id -> its task indices, from submitit's folders (ID_INDEX in an array; a lone
+    job, which submitit submits without --array, is ID: index 0)."""
     arrays: dict[str, list[int]] = {}
-    for folder in sweep.glob(".submitit/*_*"):
-        job, index = folder.name.split("_", 1)
-        if index.isdigit():
+    names = [folder.name for folder in sweep.glob(".submitit/*")]
+    for job, _, index in (name.partition("_") for name in names):
+        if job.isdigit() and index.isdigit():
             arrays.setdefault(job, []).append(int(index))
+    for name in names:  # an array has an ID folder too (its submission); a lone job only that one
+        if name.isdigit() and name not in arrays:
+            arrays[name] = [0]
     return arrays
 
 
@@ -69,11 +73,12 @@ def test_a_study_in_rehearsal_gets_its_gpus_cpus_and_memory_in_split_arrays(clus
 
     out = subprocess.run([sys.executable, "-m", "qlora_analysis", str(sweep), "--out", str(tmp_path / "r")],
                          capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and "0 runs, " in out.stdout and "16 runs left out" in out.stdout, out.stdout
+    assert out.returncode == 0 and "0 runs, " in out.stdout and "16 runs left out" in out.stdout, out.stdout + out.stderr
     assert "rehearsal: a cluster rehearsal's record" in (tmp_path / "r" / "report.md").read_text()
     shown = subprocess.run([sys.executable, "-m", "qlora_analysis", str(sweep), "--rehearsal", "--out",
                             str(tmp_path / "r2")], capture_output=True, text=True, timeout=300)
     assert shown.returncode == 0 and "16 runs, " in shown.stdout, shown.stdout + shown.stderr
+    assert "| llama_65b |      4 |" in (tmp_path / "r2" / "report.md").read_text()  # the rehearsal table
 
 
 def test_jobs_asking_1_2_and_4_gpus_get_them_and_one_given_too_few_fails(cluster, tmp_path):
@@ -85,18 +90,20 @@ def test_jobs_asking_1_2_and_4_gpus_get_them_and_one_given_too_few_fails(cluster
     assert all(len(set(got["gpu_ids"].split(","))) == got["gpus_seen"] for got in seen.values())
 
     short = tmp_path / "short"
-    proc = run_cli("model.resources.gpus=2", "hydra.launcher.gpus_per_node=1", "-m", *REHEARSE,
+    proc = run_cli("-m", "model.resources.gpus=2", "hydra.launcher.gpus_per_node=1", *REHEARSE,
                    f"hydra.sweep.dir={short}", cwd=tmp_path)
+    assert records_under(short), proc.stdout[-2000:] + proc.stderr[-2000:]
     (record,) = records_under(short).values()
     assert proc.returncode != 0 and record["status"] == "failed"
     assert re.search(r"got 1 GPU\(s\) \(CUDA_VISIBLE_DEVICES=\d+\); model.resources.gpus asks for 2", record["error"])
 
 
 def _job_ids(sweep: Path, timeout_s: float = 120) -> list[str]:
-    """The sweep's Slurm job ids (ARRAY_INDEX), once every job is submitted."""
+    """The sweep's Slurm job ids (ARRAY_INDEX, or ID of a lone job), once every job is submitted."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        ids = sorted(p.name for p in sweep.glob(".submitit/*_*") if p.name.split("_")[1].isdigit())
+        arrays = _arrays(sweep)
+        ids = sorted(f"{job}_{i}" if len(tasks) > 1 else job for job, tasks in arrays.items() for i in tasks)
         if len(ids) == 16:
             return ids
         time.sleep(0.5)
@@ -126,9 +133,17 @@ def test_cancelled_and_requeued_jobs_and_a_relaunch_that_redoes_only_the_cancell
                     running.add(job)
         time.sleep(0.05)
     output, _ = launch.communicate(timeout=600)
+    assert running == set(requeued), "the jobs to preempt were never seen running"
     records = records_under(sweep)
     assert launch.returncode != 0 and len(records) == 14, output[-3000:]  # the cancelled ones have none
     assert all(r["status"] == "ok" for r in records.values())
+    first = {line.split()[0] for f in sweep.glob("*/.launches") for line in f.read_text().splitlines()}
+    assert len(first) == 1
+    for job in requeued:  # preempted, then started again by themselves and finished (sacct -D: every attempt)
+        attempts = subprocess.run(["sacct", "-n", "-D", "-X", "-j", job, "-o", "State"], capture_output=True,
+                                  text=True).stdout.split()
+        assert "REQUEUED" in attempts and attempts[-1] == "COMPLETED", (job, attempts)
+    assert "left the queue without a result" in output
     for folder in sweep.iterdir():  # nothing half-written: every record parses, no temp file left
         assert not list(folder.glob(".record.json.*.tmp")) if folder.is_dir() else True
 

@@ -41,6 +41,35 @@ def test_the_plan_over_every_study_resolves_each_run_and_totals_the_papers_thous
     assert "will not fit" not in proc.stdout  # each job asks for GPUs enough for its estimate
 
 
+def test_the_fast_composition_is_hydras_for_runs_of_every_study():
+    """plan --studies composes through shared_config_files() and CachedComposer (parsed files and
+    group compositions reused, plain values set on a copy): every sampled run's RunConfig is the
+    one Hydra's own compose gives."""
+    import random
+
+    from hydra import compose, initialize_config_dir
+
+    from qlora_lab.config import run_config
+    from qlora_lab.sweep import CONF_DIR
+    from qlora_lab.sweep.compose import CachedComposer, shared_config_files, sweep_grid
+    from qlora_lab.sweep.files import register_sweep_files
+
+    register_sweep_files()
+    rng = random.Random(0)
+    checked = 0
+    for name in sorted(STUDIES):
+        grid = sweep_grid([f"+sweep={name}"], CONF_DIR)
+        sample = rng.sample(grid, min(4, len(grid)))
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            own = [run_config(compose(config_name="config", overrides=run)).to_dict() for run in sample]
+            with shared_config_files():
+                composer = CachedComposer(CONF_DIR, compose)
+                fast = [run_config(composer(run)).to_dict() for run in grid[:2] + sample]
+        assert fast[2:] == own, name
+        checked += len(own)
+    assert checked >= 30
+
+
 def test_per_size_settings_resolve_as_the_paper_set_them():
     from hydra import compose, initialize_config_dir
 
