@@ -44,7 +44,8 @@ bench: install
 	$(PY) benchmarks/analysis_speed.py
 	$(PY) benchmarks/kinds_throughput.py --steps 30 --repeats 3
 
-# A real one-node SLURM cluster on this machine (root; Debian's packages, no systemd), to try
+# A real one-node SLURM cluster on this machine (root; Debian's packages, no systemd; a simulated node of
+# 8 GPUs and 64 CPUs), to try
 # `hydra/launcher=slurm`; tests/integration starts and stops the same one.
 slurm-up: install
 	python3 tests/integration/slurm_cluster.py install

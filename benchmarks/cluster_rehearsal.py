@@ -68,14 +68,17 @@ def launch(study: str, sweep_dir: Path, on_submitted=None) -> dict:
 
 
 def job_ids(sweep_dir: Path) -> list[str]:
-    return sorted(p.name for p in sweep_dir.glob(".submitit/*_*") if p.name.split("_")[1].isdigit())
+    """ARRAY_INDEX ids in the order Slurm runs them (array by array, index by index)."""
+    ids = [p.name for p in sweep_dir.glob(".submitit/*_*") if p.name.split("_")[1].isdigit()]
+    return sorted(ids, key=lambda i: tuple(map(int, i.split("_"))))
 
 
 def faults(sweep_dir: Path, picked: dict) -> None:
     """Once the jobs are in: scancel 5%, and requeue 5% as each starts running (a preemption)."""
     ids = job_ids(sweep_dir)
     count = max(1, len(ids) // 20)
-    picked["cancelled"], picked["requeued"] = ids[-count:], ids[:count]  # the last ones are still pending
+    third = len(ids) // 3  # still pending when the faults begin: the last ones cancelled, a third in requeued
+    picked["cancelled"], picked["requeued"] = ids[-count:], ids[third:third + count]
     for job in picked["cancelled"]:
         subprocess.run(["scancel", job], capture_output=True)
     waiting, deadline = set(picked["requeued"]), time.monotonic() + 1800

@@ -3,6 +3,7 @@ history. What the run measures while training lives in qlora_lab.measure."""
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,24 @@ import torch
 
 from qlora_lab.config import TrainConfig
 from qlora_lab.data.tokens import PadCollator
+
+
+SIGINT_SEEN = threading.Event()  # set by the run's SIGINT handler; cleared when a run starts
+
+
+def interrupt_callback():
+    """A Trainer callback that raises KeyboardInterrupt at the next step's end once a SIGINT
+    was seen: the handler's own KeyboardInterrupt can land where a library swallows it (a
+    garbage-collector callback, a finalizer), and the run would then train on with later
+    SIGINTs ignored."""
+    from transformers import TrainerCallback
+
+    class StopOnSigint(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if SIGINT_SEEN.is_set():
+                raise KeyboardInterrupt
+
+    return StopOnSigint()
 
 
 class Interrupted(KeyboardInterrupt):
@@ -91,7 +110,8 @@ def fit(model, tokenizer, examples: list[dict], cfg: TrainConfig, compute_dtype:
     args = training_arguments(cfg, compute_dtype, out_dir, run_name)
     first_step, peak = training_callbacks(cfg.cpu_tensor_peak)
     trainer = Trainer(model=model, args=args, train_dataset=examples,
-                      data_collator=PadCollator(tokenizer.pad_token_id), callbacks=[first_step, peak])
+                      data_collator=PadCollator(tokenizer.pad_token_id),
+                      callbacks=[first_step, peak, interrupt_callback()])
     resume = resume_point(out_dir, cfg.max_steps)
     tokens_before = _tokens_seen(resume)
     start = time.perf_counter()  # train_s: inside Trainer.train only, as a plain script times it
