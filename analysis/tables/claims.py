@@ -120,7 +120,7 @@ def claims(runs, judgments):
     add("After PTQ, FP4 is closer to 16-bit than Int4", "Table 2: FP4 31.07, Int4 34.34", ptq_gap(ptq, "FP4", "Int4"))
     add("FP4-E3M0 beats FP4-E2M1 after PTQ", "Table 2: E3M0 29.48, E2M1 31.07", ptq_gap(ptq, "FP4-E3M0", "FP4"))
     add("Double quantization costs nothing after PTQ", "Table 3/4: NF4+DQ matches NF4",
-        _equal_ptq(ptq, "NF4+DQ", "NF4"), equality=("DQ closer", "DQ farther"))
+        ptq_gap(ptq, "NF4+DQ", "NF4"), equality=("DQ closer", "DQ farther"))
     add("Double quantization saves 0.373 bits per parameter", "Section 3: 0.5 -> 0.127 bits (blocksize 64)",
         _dq_saving(ptq if not ptq.empty else None, runs), equality=("saves more", "saves less"))
     if not fine.empty:
@@ -153,11 +153,6 @@ def claims(runs, judgments):
                       "KL to the unquantized base of the final checkpoint, floor = the difference's 95% interval "
                       "over text windows. Fine-tuning rows: held-out loss, paired over seeds; floor = the spread "
                       "between seeds of one configuration (pooled sd).")
-
-
-def _equal_ptq(ptq: pd.DataFrame, a: str, b: str) -> Evidence | None:
-    """KL(b) - KL(a) (positive: a closer); for a "matches" claim."""
-    return ptq_gap(ptq, a, b)
 
 
 def _flipped(e: Evidence | None) -> Evidence | None:
