@@ -7,7 +7,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test bench clean slurm-up slurm-down micro-study
+.PHONY: install demo test bench clean slurm-up slurm-down micro-study adapters-study
 
 install: $(STAMP)
 
@@ -30,6 +30,11 @@ demo: install
 # (committed). About 39 minutes on 2 cores, pretraining included.
 micro-study: install
 	$(PY) -m qlora_lab.micro_study
+
+# The adapter study on the same base (LoftQ, PiSSA, DoRA x NF4, Int4, NF3): into the micro-study's
+# folder and report, as a section of its own. About N minutes on 2 cores, the base built.
+adapters-study: install
+	$(PY) -m qlora_lab.micro_study --adapters
 
 # Two workers, a test file each at a time (a file's fixtures stay in one process), one torch
 # thread each: the suite is half waiting (imports, subprocesses, SLURM), so they overlap.

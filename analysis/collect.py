@@ -17,7 +17,9 @@ from qlora_lab.records import RECORD_NAME, SCHEMA
 # Axes every study slices by, as config paths (a group's name for a group); swept overrides
 # add their own keys beside these.
 STANDARD_AXES = ("model", "model.checkpoint", "dataset", "dataset.task", "dtype", "dtype.double_quant", "dtype.backend",
-                 "dtype.blocksize", "lora.targets", "lora.r", "train.learning_rate", "train.max_steps", "train.seed")
+                 "dtype.blocksize", "lora.targets", "lora.r", "lora.init", "lora.dora", "lora.rslora",
+                 "train.learning_rate", "train.max_steps", "train.seed")
+ADAPTER_KEYS = ("lora.init", "lora.dora", "lora.rslora")  # the adapter variant (records before them: plain LoRA)
 # The metrics the tables read: a column each even where no run has one. Every other number a
 # record's `metrics` holds (a new evaluation's) becomes a column too, read off the records.
 METRICS = ("eval_loss", "ppl", "base_ppl", "rougeL", "mmlu_acc", "accuracy", "zero_shot_mean", "train_loss_first",
@@ -181,6 +183,9 @@ def _row(record: dict, run_dir: str) -> dict:
     row["tokens_per_s"] = timing.get("tokens_per_s")
     row["peak_memory_mb"] = memory.get("peak_gpu_mb") or memory.get("peak_tensor_mb") or memory.get("peak_rss_mb")
     row["full_finetune"] = config_value(config, "lora.enabled") is False
+    row["n_trainable"] = model.get("n_trainable")
+    row["adapter"] = adapter_label(row)
+    row["adapter_axis"] = any(key in given for key in ADAPTER_KEYS)  # a sweep that varies the adapter
     row["dtype_label"] = dtype_label(row)
     row["config"] = config_label(row)
     return row
@@ -200,11 +205,31 @@ def config_label(row: dict) -> str:
         label = f"{row['dtype_label']} · PTQ"
     else:
         label = f"{row['dtype_label']} · {row.get('lora.targets') or '?'} · r{row.get('lora.r') or '?'}"
+    if row.get("adapter") not in (None, "LoRA") and not row.get("full_finetune"):
+        label += f" · {row['adapter']}"
     if row.get("dtype.blocksize") not in (None, 64) and not _missing(row.get("dtype.blocksize")):
         label += f" · b{int(row['dtype.blocksize'])}"
     if row.get("model.checkpoint") is not None and not _missing(row.get("model.checkpoint")):
         label += f" · step {int(row['model.checkpoint'])}"
     return label
+
+
+def adapter_label(row: dict) -> str:
+    """The adapter variant as its papers name it: LoRA, LoftQ, PiSSA, with +DoRA / +rsLoRA."""
+    label = {"loftq": "LoftQ", "pissa": "PiSSA"}.get(str(row.get("lora.init")), "LoRA")
+    if row.get("lora.dora") is True:
+        label += "+DoRA"
+    if row.get("lora.rslora") is True:
+        label += "+rsLoRA"
+    return label
+
+
+def plain_lora(runs):
+    """The runs whose adapter is the paper's (plain LoRA, from a sweep that does not vary it): what
+    the data-type and target tables compare, so an adapter study never stands in for them."""
+    if runs.empty or "adapter" not in runs:
+        return runs
+    return runs[(runs["adapter"] == "LoRA") & ~runs["adapter_axis"].fillna(False).astype(bool)]
 
 
 def _missing(value) -> bool:

@@ -61,6 +61,26 @@ class QuantLinear(torch.nn.Module):
                 self.register_buffer(name, values[name])
         self.weight_dtype = state.dtype
 
+    def requantize(self, weight: torch.Tensor) -> None:
+        """Store `weight` (out x in) in this layer's own codebook, blocksize and double quantization:
+        what merging an adapter into a k-bit layer does."""
+        self._set_state(quantize(weight.detach().to(self.weight_dtype), self.codebook, self.blocksize,
+                                 self.double_quant))
+
+    def stored_state(self) -> dict[str, torch.Tensor]:
+        """The buffers that hold the weight, copied: `restore_state` puts them back bit for bit."""
+        return {name: buffer.clone() for name, buffer in self.named_buffers(recurse=False) if name in _STATE_BUFFERS}
+
+    def restore_state(self, stored: dict[str, torch.Tensor]) -> None:
+        for name, buffer in stored.items():
+            self.register_buffer(name, buffer)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight as the forward uses it (dequantized, compute dtype; a new tensor per call, not a
+        parameter): what peft's DoRA reads of a base layer (`dequantize_module_weight`)."""
+        return dequantize(self.quant_state(), self.compute_dtype)
+
     @property
     def qweight(self) -> torch.Tensor:
         """The packed weight, under the name peft looks for on quantized layers (GPTQ's)."""

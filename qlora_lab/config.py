@@ -192,6 +192,9 @@ class DTypeConfig:
             raise ConfigError("dtype.codebook", self.codebook, str(err).splitlines()[0]) from None
 
 
+LORA_INITS = ("gaussian", "loftq", "pissa")  # lora.init
+
+
 @dataclass
 class LoraConfig:
     """The LoRA adapters: rank, scale, dropout and which linear layers get one."""
@@ -201,10 +204,21 @@ class LoraConfig:
     dropout: float = 0.1  # on the adapter input (the paper: 0.1 up to 13B, 0.05 above)
     targets: Union[str, list] = "all"  # all | qv | attn | mlp | an explicit list of module names
     enabled: bool = True  # false: full fine-tuning of every weight (the 16-bit baseline; dtype bf16 or fp32)
+    # where the adapter starts (qlora_lab/model/adapter_init.py): gaussian (peft's default: A random,
+    # B zero), loftq (quantized base + adapter fitted to the 16-bit weights, with the run's own data
+    # type), pissa (the adapter takes the principal singular directions, the base the residual)
+    init: str = "gaussian"
+    loftq_iter: int = 1  # LoftQ's alternations of quantize and SVD (1: the adapter fits Q(W)'s error)
+    pissa_niter: int = 0  # PiSSA's SVD: 0 exact, N > 0 peft's fast randomized SVD with N subspace iterations
+    dora: bool = False  # DoRA (peft's use_dora): a trained magnitude per output, LoRA on the direction
+    rslora: bool = False  # rsLoRA (peft's use_rslora): scale by alpha / sqrt(r), not alpha / r
 
     def validate(self, family: str) -> None:
         positive("lora.r", self.r)
         positive_float("lora.alpha", self.alpha)
+        choice("lora.init", self.init, LORA_INITS)
+        positive("lora.loftq_iter", self.loftq_iter)
+        at_least("lora.pissa_niter", self.pissa_niter, 0)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError("lora.dropout", self.dropout, "expected a number in [0, 1)")
         if isinstance(self.targets, str):
@@ -297,12 +311,30 @@ class RunConfig:
         if not self.lora.enabled and self.dtype.backend != "none":
             raise ConfigError("lora.enabled", False, f"full fine-tuning needs an unquantized base (dtype=bf16 or "
                                                      f"fp32), not dtype={self.dtype.name}")
+        self._validate_adapter_init()
         causal_only = {"eval.mmlu.path": self.eval.mmlu.path, "eval.ppl.path": self.eval.ppl.path,
                        "eval.ppl.hub_id": self.eval.ppl.hub_id,
                        "eval.lm_eval.tasks": ",".join(self.eval.lm_eval.tasks) or None}
         for key, value in causal_only.items():
             if value is not None and kind != "causal":
                 raise ConfigError(key, value, f"needs model.kind=causal (model={self.model.name} is {kind})")
+
+    def _validate_adapter_init(self) -> None:
+        """An init that reads the 16-bit weights, or fits a quantization error, where there is none."""
+        init = self.lora.init
+        if init == "gaussian":
+            return
+        if not self.lora.enabled:
+            raise ConfigError("lora.init", init, "initializes LoRA adapters; lora.enabled=false trains every weight")
+        if init == "loftq" and not DTYPES.get(self.dtype.name, CUSTOM).blockwise:
+            raise ConfigError("lora.init", init, f"fits the error of a blockwise k-bit data type (nf4, fp4, int4, "
+                                                 f"nf3, ...); dtype={self.dtype.name} has none to fit")
+        from qlora_lab.model.checkpoint_config import quantized_checkpoint
+
+        stored = quantized_checkpoint(self.model.path) if self.model.source == "pretrained" else None
+        if stored:
+            raise ConfigError("lora.init", init, f"needs the 16-bit weights; model.path={self.model.path} holds a "
+                                                 f"{stored}-quantized checkpoint (use lora.init=gaussian)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -46,11 +46,21 @@ class Record:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False, default=str) + "\n"
 
 
+# Keys added to a group after records were written, with the default that computes what runs
+# without them computed: at that default they are left out of run_id, so earlier records keep
+# their id (and a relaunch still reuses them); any other value changes the id.
+ADDED_WITH_DEFAULTS = {"lora": {"init": "gaussian", "loftq_iter": 1, "pissa_niter": 0, "dora": False, "rslora": False}}
+
+
 def run_id(config: dict) -> str:
     """Stable id of what a run computes: the same config always gets the same id. What a
     search sweeper reads off the run (eval.objective) changes nothing computed, so is left out."""
     config = {**config, "eval": {k: v for k, v in config.get("eval", {}).items() if k != "objective"}} \
         if isinstance(config.get("eval"), dict) else config
+    for group, defaults in ADDED_WITH_DEFAULTS.items():
+        if isinstance(config.get(group), dict):
+            config = {**config, group: {k: v for k, v in config[group].items()
+                                        if k not in defaults or v != defaults[k]}}
     canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from qlora_analysis.collect import plain_lora
 from qlora_analysis.tables import Table, table
 from qlora_analysis.tables.fidelity import KL_SCALE, ptq_fidelity
 
@@ -71,6 +72,7 @@ def ptq_gap(ptq: pd.DataFrame, better: str, worse: str) -> Evidence | None:
 def _finetuned(runs: pd.DataFrame) -> pd.DataFrame:
     if runs.empty or "train.max_steps" not in runs:
         return runs.iloc[0:0]
+    runs = plain_lora(runs)
     return runs[(runs["train.max_steps"] > 0) & runs["eval_loss"].notna()]
 
 

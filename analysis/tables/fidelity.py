@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from qlora_analysis.collect import plain_lora
 from qlora_analysis.tables import Table, table
 
 KL_SCALE = 1e3  # cells in 10^-3 nats: the 4-bit types' KLs are a few thousandths
@@ -15,6 +16,7 @@ def ptq_fidelity(runs: pd.DataFrame) -> pd.DataFrame:
     """Eval-only runs that measured fidelity, with a readable checkpoint column."""
     if runs.empty or "kl_to_base" not in runs or "train.max_steps" not in runs:
         return runs.iloc[0:0]
+    runs = plain_lora(runs)  # an adapter init's eval-only runs measure the init, not the storage
     have = runs[(runs["train.max_steps"] == 0) & runs["kl_to_base"].notna()].copy()
     steps = have["model.checkpoint"] if "model.checkpoint" in have else pd.Series(None, index=have.index)
     have["checkpoint"] = [checkpoint_name(s) for s in steps]

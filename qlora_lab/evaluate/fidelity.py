@@ -5,7 +5,10 @@ the two pick the same most likely token, and the ratio of their perplexities.
 
 The reference is the same base with its linear weights unquantized (at the compute dtype, the
 rest held as the run holds it) and, after fine-tuning, the run's adapter on it: what a merge into
-16-bit weights would serve, so that KL says how much the adapter leans on the quantization error.
+16-bit weights would serve, so that KL says how much the adapter leans on the quantization error
+(after LoftQ's or PiSSA's split, the base the run quantized: PiSSA's residual, LoftQ's W - sBA).
+Before any training (an eval-only run) it is the checkpoint itself, so an adapter init that
+starts away from zero is measured by how close quantized base + adapter come to the 16-bit model.
 A bare base's log-probabilities are computed once per base, text and precision and cached on
 disk (a PTQ sweep of many data types shares them); an adapter's are computed in the run. None of
 them goes into the record.
@@ -110,40 +113,29 @@ def fidelity_windows(config, tokenizer, eval_pairs: list) -> list[list[int]]:
     return corpus_windows(tokenizer, texts, ec.ppl.seq_len, ec.fidelity_tokens)
 
 
-def reference_base(config):
+def reference_base(config, stored: bool = False):
     """The run's base with its linear weights unquantized: loaded in the compute dtype as the
     quantized run loads its unquantized parts, then widened to float32 where the run's k-bit
-    preparation widens them (norms and embeddings keep the same values either way)."""
+    preparation widens them (norms and embeddings keep the same values either way). `stored`:
+    the weights the run's base quantized (after LoftQ's or PiSSA's split), not the checkpoint's."""
     import torch
 
     from qlora_lab.config import DTypeConfig
-    from qlora_lab.model.build import load_base, model_path
+    from qlora_lab.model.build import initial_adapter, load_base, model_path
     from qlora_lab.model.quantize import to_compute_dtype
+
+    init = initial_adapter(config.model, config.dtype, config.lora, config.train.seed) if stored else None
 
     compute = config.dtype.compute_dtype
     unquantized = DTypeConfig(name="bf16" if compute == "bf16" else "fp32", backend="none", double_quant=None,
                               blocksize=None, compute_dtype=compute)
-    base = to_compute_dtype(load_base(model_path(config.model), unquantized, config.model.kind), unquantized)
+    path = str(init.base_path) if init else model_path(config.model)
+    base = to_compute_dtype(load_base(path, unquantized, config.model.kind), unquantized)
     for param in base.parameters():
         param.requires_grad = False
         if config.lora.enabled and config.dtype.backend != "none" and param.dtype != torch.float32:
             param.data = param.data.float()
     return base
-
-
-def with_adapter(reference, trained):
-    """The trained model's LoRA adapter (its weights, copied) on the unquantized reference base."""
-    import copy
-
-    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-    from transformers.pytorch_utils import Conv1D
-
-    peft_config = copy.deepcopy(trained.peft_config["default"])
-    peft_config.fan_in_fan_out = any(isinstance(m, Conv1D) for m in reference.modules())
-    peft_config.init_lora_weights = True  # whatever the run's init, the weights are the trained ones
-    model = get_peft_model(reference, peft_config)
-    set_peft_model_state_dict(model, get_peft_model_state_dict(trained))
-    return model
 
 
 def cached_reference(config, windows: list[list[int]]) -> list:
@@ -215,5 +207,7 @@ def measure(inputs: EvalInputs) -> dict:
     if config.train.max_steps == 0:
         reference: Iterable = cached_reference(config, windows)
     else:
-        reference = window_logprobs(with_adapter(reference_base(config), inputs.model), windows)
+        from qlora_lab.model.merge import with_adapter
+
+        reference = window_logprobs(with_adapter(reference_base(config, stored=True), inputs.model), windows)
     return compare(reference, window_logprobs(inputs.model, windows), targets(windows)).to_metrics()

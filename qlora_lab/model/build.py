@@ -103,11 +103,13 @@ def build_model(model_cfg: ModelConfig, dtype: DTypeConfig, lora: LoraConfig, se
 
     path = model_path(model_cfg)
     tokenizer = load_tokenizer(path)
+    targets = peft_target_pattern(target_names(model_cfg.family, lora.targets))
+    init = initial_adapter(model_cfg, dtype, lora, seed, num_labels)
     torch.manual_seed(seed)  # a classifier's fresh head is initialised at load
-    base = load_base(path, dtype, model_cfg.kind, num_labels)
+    base = load_base(str(init.base_path) if init else path, dtype, model_cfg.kind, num_labels)
     task_type, heads = KINDS[model_cfg.kind].peft_task, KINDS[model_cfg.kind].trained_heads
     stored = base_linear_bits(base, skip=_head_ids(base, heads))
-    errors = weight_error(base, path, skip=_head_ids(base, heads))
+    errors = weight_error(base, path, skip=_head_ids(base, heads), adapter_deltas=init.deltas() if init else None)
     total_bits = total_stored_bits(base)
     n_params = _logical_params(base)
     base = to_compute_dtype(base, dtype)  # after the count: what is stored, not its widened copy
@@ -118,15 +120,17 @@ def build_model(model_cfg: ModelConfig, dtype: DTypeConfig, lora: LoraConfig, se
     else:
         base = prepare_base(base, dtype, gradient_checkpointing)
         torch.manual_seed(seed)
-        adapters = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                  target_modules=peft_target_pattern(target_names(model_cfg.family, lora.targets)),
+        adapters = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
                                   bias="none", task_type=task_type, modules_to_save=list(heads) or None,
-                                  fan_in_fan_out=_transposed_weights(base))
+                                  fan_in_fan_out=_transposed_weights(base), use_dora=lora.dora,
+                                  use_rslora=lora.rslora)
         if dtype.backend == "lab":
             from qlora_lab.model.lab_backend import register_with_peft
 
             register_with_peft(adapters)
         model = get_peft_model(base, adapters)
+        if init is not None:
+            init.apply(model)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     info = ModelInfo(name=model_cfg.name, path=path, n_params=n_params, n_trainable=n_trainable,
                      bits_per_param=round(stored.bits_per_param, 6),
@@ -134,6 +138,20 @@ def build_model(model_cfg: ModelConfig, dtype: DTypeConfig, lora: LoraConfig, se
                      model_type=getattr(base.config, "model_type", None), architecture=type(base).__name__,
                      **vars(errors))
     return BuiltModel(model=model, tokenizer=tokenizer, info=info)
+
+
+def initial_adapter(model_cfg: ModelConfig, dtype: DTypeConfig, lora: LoraConfig, seed: int,
+                    num_labels: int | None = None):
+    """LoftQ's / PiSSA's split of the base (an AdapterInit: the checkpoint the base loads from, the
+    adapter's starting factors); None for peft's default init, where the base is the checkpoint."""
+    if not lora.enabled or lora.init == "gaussian":
+        return None
+    from qlora_lab.model.adapter_init import adapter_init
+
+    path = model_path(model_cfg)
+    fp32 = DTypeConfig(name="fp32", backend="none", double_quant=None, blocksize=None, compute_dtype="fp32")
+    return adapter_init(path, model_cfg.kind, dtype, lora, peft_target_pattern(target_names(model_cfg.family, lora.targets)),
+                        seed, load_unquantized=lambda: load_base(path, fp32, model_cfg.kind, num_labels))
 
 
 def _transposed_weights(model: torch.nn.Module) -> bool:

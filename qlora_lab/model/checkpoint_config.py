@@ -85,3 +85,16 @@ def arch_from_checkpoint(checkpoint: dict) -> dict:
     arch["intermediate_size"] = arch["intermediate_size"] or 4 * arch["hidden_size"]
     arch["max_seq_len"] = arch["max_seq_len"] or DEFAULT_MAX_SEQ_LEN
     return arch
+
+
+def quantized_checkpoint(path: str | None) -> str | None:
+    """The quantization method a checkpoint was saved in (`bitsandbytes`, `gptq`, ...), None for a
+    16-bit one or one whose config.json cannot be read here (a hub id not in the cache)."""
+    if not path:
+        return None
+    try:
+        checkpoint = read_checkpoint_config(local_path(path))
+    except ConfigError:
+        return None
+    stored = checkpoint.get("quantization_config")
+    return (stored.get("quant_method") or "quantized") if isinstance(stored, dict) else None

@@ -59,7 +59,10 @@ def prepare_lab_base(model: torch.nn.Module, gradient_checkpointing: bool) -> to
 
 
 class LoraQuantLinear(torch.nn.Module, LoraLayer):
-    """LoRA around a QuantLinear: base output + B(A(dropout(x))) * scale, in the adapters' dtype."""
+    """LoRA around a QuantLinear: base output + B(A(dropout(x))) * scale, in the adapters' dtype;
+    DoRA through peft's own variant (it reads the base through QuantLinear.weight). Merging folds
+    the adapters into the k-bit weight (re-quantized with the layer's own data type); unmerging
+    puts the stored weight back bit for bit."""
 
     def __init__(self, base_layer: torch.nn.Module, adapter_name: str, config, r: int = 0, lora_alpha: int = 1,
                  **kwargs) -> None:
@@ -67,19 +70,61 @@ class LoraQuantLinear(torch.nn.Module, LoraLayer):
         LoraLayer.__init__(self, base_layer)
         self.fan_in_fan_out = False
         self._active_adapter = adapter_name
+        self._stored_before_merge: list[dict] = []
         self.update_layer(adapter_name, r, lora_alpha=lora_alpha, config=config)
+
+    @property
+    def lora_variants(self):
+        from peft.tuners.lora.variants import DoraLinearVariant
+
+        return {(): None, ("use_dora",): DoraLinearVariant}
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         result = self.base_layer(x)
-        if self.disable_adapters:
+        if self.disable_adapters or self.merged:
             return result
         for name in self.active_adapters:
             if name not in self.lora_A:
                 continue
             lora_A, lora_B = self.lora_A[name], self.lora_B[name]
-            update = lora_B(lora_A(self.lora_dropout[name](x.to(lora_A.weight.dtype)))) * self.scaling[name]
+            x_adapter = x.to(lora_A.weight.dtype)
+            if name in self.lora_variant:  # DoRA: peft's forward, on the adapters' dtype
+                update = self.lora_variant[name].forward(self, active_adapter=name, x=x_adapter,
+                                                         result=result.to(lora_A.weight.dtype))
+                result = update.to(result.dtype)
+                continue
+            update = lora_B(lora_A(self.lora_dropout[name](x_adapter))) * self.scaling[name]
             result = result + update.to(result.dtype)
         return result
+
+    def get_delta_weight(self, adapter: str) -> torch.Tensor:
+        """scale * B A (out x in), float32."""
+        return (self.lora_B[adapter].weight.float() @ self.lora_A[adapter].weight.float()) * self.scaling[adapter]
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        from peft.tuners.tuners_utils import check_adapters_to_merge
+
+        base = self.get_base_layer()
+        for name in check_adapters_to_merge(self, adapter_names):
+            if name not in self.lora_A:
+                continue
+            weight = base.weight.float()
+            delta = self.get_delta_weight(name)
+            if name in self.lora_variant:  # DoRA: magnitude / ||W + dW|| per output row, times (W + dW)
+                norm = self.lora_magnitude_vector[name].get_weight_norm(weight, delta, scaling=1).detach()
+                merged = (self.lora_magnitude_vector[name].weight.float() / norm).view(-1, 1) * (weight + delta)
+            else:
+                merged = weight + delta
+            if safe_merge and not torch.isfinite(merged).all():
+                raise ValueError(f"NaNs detected in the merged weights: the adapter {name} seems to be broken")
+            self._stored_before_merge.append(base.stored_state())
+            base.requantize(merged)
+            self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        while self.merged_adapters:
+            self.merged_adapters.pop()
+            self.get_base_layer().restore_state(self._stored_before_merge.pop())
 
 
 def register_with_peft(peft_config) -> None:

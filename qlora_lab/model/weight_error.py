@@ -19,7 +19,7 @@ import torch
 class WeightError:
     """The record's `model` fields (None where nothing was quantized or the checkpoint is unreadable)."""
 
-    weight_sqnr_db: float | None  # mean over quantized linear layers of 10 log10(|W|^2 / |W - Q(W)|^2)
+    weight_sqnr_db: float | None  # mean over quantized linear layers of 10 log10(|W|^2 / |W - Q(W)|^2) (Q + sBA at init)
     weight_sqnr_min_db: float | None  # the worst layer's
     weight_kurtosis: float | None  # mean over the linear layers of each weight's kurtosis (Pearson; Gaussian 3)
 
@@ -52,8 +52,11 @@ def dequantized_weight(module: torch.nn.Module) -> torch.Tensor | None:
     return None
 
 
-def weight_error(model: torch.nn.Module, checkpoint: str, skip: set[int]) -> WeightError:
-    """Every linear layer (ids in `skip` left out: the heads) against the checkpoint's weights."""
+def weight_error(model: torch.nn.Module, checkpoint: str, skip: set[int],
+                 adapter_deltas: dict[str, torch.Tensor] | None = None) -> WeightError:
+    """Every linear layer (ids in `skip` left out: the heads) against the checkpoint's weights; where
+    an adapter init starts away from zero (LoftQ, PiSSA), the layer's weight at init is the stored
+    one plus the adapter's sBA (`adapter_deltas`, by module name)."""
     original = checkpoint_tensors(checkpoint)
     if original is None:
         return WeightError(None, None, None)
@@ -67,11 +70,16 @@ def weight_error(model: torch.nn.Module, checkpoint: str, skip: set[int]) -> Wei
         kurtoses.append(kurtosis(weight))
         approx = dequantized_weight(module)
         if approx is not None:
+            if adapter_deltas and name in adapter_deltas:
+                approx = approx.reshape(weight.shape) + adapter_deltas[name]
             sqnrs.append(sqnr_db(weight, approx.reshape(weight.shape).cpu()))
     finite = [s for s in sqnrs if math.isfinite(s)]
     return WeightError(weight_sqnr_db=round(sum(finite) / len(finite), 4) if finite else None,
                        weight_sqnr_min_db=round(min(finite), 4) if finite else None,
                        weight_kurtosis=round(sum(kurtoses) / len(kurtoses), 4) if kurtoses else None)
+
+
+_FLOAT_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
 
 class CheckpointTensors:
@@ -80,8 +88,33 @@ class CheckpointTensors:
     def __init__(self, files: list[Path]):
         from safetensors import safe_open
 
+        self.files = list(files)
+        self.folder = self.files[0].parent
         self._files = [safe_open(str(f), framework="pt") for f in files]
         self._where = {key: handle for handle in self._files for key in handle.keys()}
+
+    def dtype(self) -> torch.dtype:
+        """The dtype the checkpoint stores its floating-point weights in (its first one's)."""
+        for key, handle in self._where.items():
+            tensor = handle.get_slice(key)
+            name = tensor.get_dtype()
+            if name in _FLOAT_DTYPES:
+                return _FLOAT_DTYPES[name]
+        return torch.float32
+
+    def keys_for(self, weights: dict[str, torch.Tensor]) -> dict[str, tuple[str, bool]]:
+        """checkpoint key -> (module name, stored transposed) for each module's weight (out x in)."""
+        found = {}
+        for name, weight in weights.items():
+            for key in _candidate_keys(name):
+                if key in self._where:
+                    shape = tuple(self._where[key].get_slice(key).get_shape())
+                    if shape in (tuple(weight.shape), tuple(weight.shape)[::-1]):
+                        found[key] = (name, shape != tuple(weight.shape))
+                        break
+            else:
+                raise KeyError(f"no weight of module {name} in the checkpoint {self.folder}")
+        return found
 
     def get(self, module_name: str, module: torch.nn.Module) -> torch.Tensor | None:
         """The module's weight as nn.Linear holds it (out x in): GPT-2's Conv1D layout transposed."""

@@ -30,7 +30,7 @@ def sweep_params(cfg) -> list[str]:
     return [f"{key}={value}" for key, value in params.items()]
 
 
-LOCAL_SWEEPS = ("smoke", "micro")  # sweeps that run here, beside the paper's studies
+LOCAL_SWEEPS = ("smoke", "micro", "adapters", "adapters_init")  # sweeps that run here, beside the paper's studies
 
 
 def paper_studies(folder: Path = SWEEPS_DIR) -> list[str]:

@@ -43,6 +43,8 @@ def build_base(overrides: list[str] = ()) -> Path:
 
 
 SWEEPS = {"finetune": "micro", "ptq": "micro_ptq", "blocksize": "micro_blocksize"}  # folder -> sweep file
+# `--adapters` (`make adapters-study`): the adapter-variant study, into the same folder and report
+ADAPTER_SWEEPS = {"adapters_init": "adapters_init", "adapters": "adapters"}
 
 
 def run_times(sweep_dir: Path) -> dict[str, float]:
@@ -60,18 +62,35 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true",
                         help="rebuild the report from the sweep folder and the timing of the run that made it")
     parser.add_argument("overrides", nargs="*", help="extra overrides for every sweep (e.g. train.seed=0)")
-    for folder, sweep in SWEEPS.items():
+    parser.add_argument("--adapters", action="store_true",
+                        help="run the adapter study (sweeps/adapters_init.yaml, sweeps/adapters.yaml) into the same "
+                             "folder and rebuild the report with it; the other sweeps' timing is kept")
+    for folder, sweep in {**SWEEPS, **ADAPTER_SWEEPS}.items():
         parser.add_argument(f"--{folder}-args", default="", help=f"extra overrides for sweeps/{sweep}.yaml only")
     args = parser.parse_args()
+    timing_file = args.out / "timing.json"
     if args.report_only:  # the figures of the run that made the sweep folder, the report made again
-        timing = json.loads((args.out / "timing.json").read_text())
-        write_report(args.sweep_dir, args.out, timing["phases_s"])
+        write_report(args.sweep_dir, args.out, json.loads(timing_file.read_text())["phases_s"])
         return
     phases: dict[str, float] = {}
+    if args.adapters and timing_file.exists():  # the other sweeps ran before: their times stay in the report
+        phases = {k: v for k, v in json.loads(timing_file.read_text())["phases_s"].items()
+                  if not k.startswith(("adapters", "analysis"))}
 
     start = time.perf_counter()
     print(f"base: {build_base(args.overrides)}", flush=True)
-    phases["pretraining (base build, or cache hit)"] = time.perf_counter() - start
+    phases[("adapters: " if args.adapters else "") + "pretraining (base build, or cache hit)"] = \
+        time.perf_counter() - start
+
+    if args.adapters:
+        for folder, sweep in ADAPTER_SWEEPS.items():
+            start = time.perf_counter()
+            _run("-m", "qlora_lab.train", "-m", f"+sweep={sweep}", "hydra/launcher=local",
+                 f"hydra.sweep.dir={args.sweep_dir / folder}", *args.overrides,
+                 *shlex.split(getattr(args, f"{folder}_args")))
+            phases[f"adapters: sweep {folder} (sweeps/{sweep}.yaml, wall)"] = time.perf_counter() - start
+        write_report(args.sweep_dir, args.out, phases)
+        return
 
     for folder, sweep in SWEEPS.items():
         start = time.perf_counter()
