@@ -2,17 +2,20 @@
 
     python benchmarks/kernels_cpu.py [--size 4096] [--repeats 7]
 
-- dequantize of a size x size NF4 matrix (fp32 and bf16 out) and quantize of it: our compiled
-  codec, our plain-torch codec (the reference, and the fallback without a C compiler) and
-  bitsandbytes;
-- bandwidth (bytes read + written per second) of our fp32 dequantize against a memory copy,
-  into a preallocated output and into a fresh one (what `dequantize(state)` returns: a fresh
-  67 MB tensor is page-faulted in on first write);
-- the same codec table again in a child process with torch's transparent-huge-page switch
-  (THP_MEM_ALLOC_ENABLE=1), which both libraries' fresh outputs then get;
+- dequantize of a size x size NF4 matrix into a fresh output (fp32 and bf16), on each of our
+  compiled decode paths this CPU runs (AVX-512, AVX2, portable C), our plain-torch codec (the
+  reference, and the fallback without a C compiler) and bitsandbytes, on equal terms first:
+  - huge pages on neither: our advice of transparent huge pages for fresh outputs turned off
+    (bitsandbytes' outputs get none), in this process;
+  - huge pages on both: a child process with torch's transparent-huge-page switch
+    (THP_MEM_ALLOC_ENABLE=1), which both libraries' fresh outputs then get;
+  then the default mode beside them: ours advised onto huge pages, theirs not;
+- bandwidth (bytes read + written per second) of our fp32 dequantize into a preallocated output,
+  per path, against a memory copy;
+- quantize: compiled, plain torch, bitsandbytes;
 - peak memory of a QLoRA run (tiny model, 5 steps) with dtype.backend=lab vs bnb: its training
   steps' peak of tensor allocations (the record's peak_tensor_mb) and the whole run's peak RSS.
-Times are the best of `repeats` after a warm-up call.
+Times are the best of `repeats` after a warm-up call. The CPU's model and vector flags head the output.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+DTYPES = (torch.float32, torch.bfloat16)
 
 
 def best_ms(fn, repeats: int) -> float:
@@ -41,58 +45,103 @@ def best_ms(fn, repeats: int) -> float:
     return min(times) * 1000
 
 
-def codec_rows(size: int, repeats: int) -> list[tuple[str, float, float, float]]:
-    """(measure, compiled ms, plain torch ms, bitsandbytes ms)."""
-    import bitsandbytes.functional as bnbf
+def cpu_line() -> str:
+    model, flags = "?", set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+        elif line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+    vector = sorted(f for f in flags if f.startswith(("avx", "amx")))
+    return f"CPU: {model}; {' '.join(vector)}"
 
-    from qlora_kernels import dequantize, native, quantize
+
+def _check_native():
+    from qlora_kernels import native
 
     if not native.available():
         sys.exit("the compiled codec could not be built here (see the warning above)")
+    return native
 
-    def ours(fn) -> tuple[float, float]:
-        compiled = best_ms(fn, repeats)
-        with native.enabled(False):
-            return compiled, best_ms(fn, repeats)
 
-    weight = torch.randn(size, size)
-    rows = []
-    for dtype in (torch.float32, torch.bfloat16):
+def dequant_times(size: int, repeats: int, advise: bool, rounds: int = 3) -> dict:
+    """{(output dtype, implementation): ms} for a fresh output; implementations: each compiled
+    path, `torch` (plain torch), `bnb`, and `fill` (torch.empty(...).fill_: what writing a fresh
+    output of that size costs at all, the floor). Each is timed `rounds` times in a rotating
+    order (the allocator reuses freed memory differently by order) and the best is kept."""
+    import bitsandbytes.functional as bnbf
+
+    from qlora_kernels import dequantize, quantize
+
+    native = _check_native()
+    weight, times = torch.randn(size, size), {}
+    for dtype in DTYPES:
         w = weight.to(dtype)
         state = quantize(w, "nf4", blocksize=64)
         packed, their_state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4")
-        rows.append((f"dequantize nf4 -> {str(dtype)[6:]} (ms)", *ours(lambda: dequantize(state)),
-                     best_ms(lambda: bnbf.dequantize_4bit(packed, their_state), repeats)))
-    few = max(2, repeats // 2)
-    compiled = best_ms(lambda: quantize(weight, "nf4", blocksize=64), few)
-    with native.enabled(False):
-        plain = best_ms(lambda: quantize(weight, "nf4", blocksize=64), few)
-    rows.append(("quantize nf4 (ms)", compiled, plain,
-                 best_ms(lambda: bnbf.quantize_4bit(weight, blocksize=64, quant_type="nf4"), few)))
-    return rows
+
+        def ours(path):
+            def call():
+                with native.decode_path(path):
+                    return dequantize(state)
+            return call
+
+        def plain():
+            with native.enabled(False):
+                return dequantize(state)
+
+        calls = {**{path: ours(path) for path in native.decode_paths()}, "torch": plain,
+                 "bnb": lambda: bnbf.dequantize_4bit(packed, their_state),
+                 "fill": lambda: torch.empty(size * size, dtype=dtype).fill_(1.0)}
+        names = list(calls)
+        with native.huge_pages(advise):
+            for round_ in range(rounds):
+                for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+                    ms = best_ms(calls[name], repeats)
+                    times[(dtype, name)] = min(ms, times.get((dtype, name), ms))
+    return times
+
+
+def print_dequant(title: str, times: dict) -> None:
+    native = _check_native()
+    paths = native.decode_paths()
+    best = paths[0]
+    print(f"{title}\n{'output':<10}" + "".join(f"{p:>10}" for p in paths) + f"{'torch':>10}{'bnb':>10}{'fill':>10}"
+          + f"{best + ' vs bnb':>16}")
+    for dtype in DTYPES:
+        row = [times[(dtype, p)] for p in paths] + [times[(dtype, k)] for k in ("torch", "bnb", "fill")]
+        ratio = times[(dtype, "bnb")] / times[(dtype, best)]
+        print(f"{str(dtype)[6:]:<10}" + "".join(f"{t:>10.2f}" for t in row) + f"{ratio:>15.2f}x")
+    sys.stdout.flush()
 
 
 def bandwidth(size: int, repeats: int) -> dict[str, tuple[float, float]]:
-    """{output: (GB/s of our fp32 dequantize, GB/s of a memory copy)}, bytes read + written."""
+    """{path: (GB/s of our fp32 dequantize into a preallocated output, GB/s of a memory copy)}."""
     from qlora_kernels import dequantize, quantize
 
+    native = _check_native()
     state = quantize(torch.randn(size, size), "nf4", blocksize=64)
     out, src = torch.empty(size, size), torch.randn(size, size)
     moved_dequant = state.packed.numel() + state.absmax.numel() * 4 + out.numel() * 4
-    moved_copy = 2 * out.numel() * 4
-    times = {"preallocated": (best_ms(lambda: dequantize(state, out=out), repeats),
-                              best_ms(lambda: out.copy_(src), repeats)),
-             "fresh": (best_ms(lambda: dequantize(state), repeats), best_ms(lambda: src.clone(), repeats))}
-    return {name: (moved_dequant / ours / 1e6, moved_copy / copy / 1e6) for name, (ours, copy) in times.items()}
+    copy_gbs = 2 * out.numel() * 4 / best_ms(lambda: out.copy_(src), repeats) / 1e6
+    rates = {}
+    for path in native.decode_paths():
+        with native.decode_path(path):
+            rates[path] = (moved_dequant / best_ms(lambda: dequantize(state, out=out), repeats) / 1e6, copy_gbs)
+    return rates
 
 
-def print_codec(size: int, repeats: int) -> None:
-    print(f"{'measure':<32}{'compiled':>10}{'plain torch':>13}{'bitsandbytes':>14}{'compiled vs bnb':>17}")
-    for label, compiled, plain, theirs in codec_rows(size, repeats):
-        print(f"{label:<32}{compiled:>10.1f}{plain:>13.1f}{theirs:>14.1f}{theirs / compiled:>16.2f}x")
-    for output, (ours_gbs, copy_gbs) in bandwidth(size, repeats).items():
-        print(f"fp32 dequantize into a {output} output: {ours_gbs:.1f} GB/s vs memory copy {copy_gbs:.1f} GB/s: "
-              f"{ours_gbs / copy_gbs:.2f} of copy")
+def quantize_row(size: int, repeats: int) -> tuple[float, float, float]:
+    import bitsandbytes.functional as bnbf
+
+    from qlora_kernels import quantize
+
+    native = _check_native()
+    weight, few = torch.randn(size, size), max(2, repeats // 2)
+    compiled = best_ms(lambda: quantize(weight, "nf4", blocksize=64), few)
+    with native.enabled(False):
+        plain = best_ms(lambda: quantize(weight, "nf4", blocksize=64), few)
+    return compiled, plain, best_ms(lambda: bnbf.quantize_4bit(weight, blocksize=64, quant_type="nf4"), few)
 
 
 def peak_memory(backend: str, work: Path) -> tuple[float, float]:
@@ -105,21 +154,44 @@ def peak_memory(backend: str, work: Path) -> tuple[float, float]:
     return memory["peak_tensor_mb"], memory["peak_rss_mb"]
 
 
+EQUAL_TERMS = {  # child process environments: fresh outputs are mapped and faulted anew on both sides
+    "neither": ("equal terms, huge pages on neither, ms:", {"QLORA_KERNELS_HUGE_PAGES": "0"}),
+    "both": ("equal terms, huge pages on both (THP_MEM_ALLOC_ENABLE=1: torch's allocator asks for them), ms:",
+             {"THP_MEM_ALLOC_ENABLE": "1"}),
+}
+# glibc's default mmap threshold moves up after the first large free, and later "fresh" outputs then
+# come from memory an earlier call already faulted in: which library profits depends on the order
+FIXED_MMAP = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--codec-only", action="store_true", help="the codec table alone (the THP child)")
+    parser.add_argument("--equal-terms", choices=EQUAL_TERMS, help="one equal-terms table alone (a child)")
     args = parser.parse_args()
-    if args.codec_only:
-        print_codec(args.size, args.repeats)
+    if args.equal_terms:
+        title, _ = EQUAL_TERMS[args.equal_terms]
+        print_dequant(title, dequant_times(args.size, args.repeats, advise=args.equal_terms == "both"))
         return
-    print(f"torch threads: {torch.get_num_threads()}, matrix {args.size}x{args.size}\n")
-    print_codec(args.size, args.repeats)
-    print("\nwith THP_MEM_ALLOC_ENABLE=1 (torch's CPU allocator asks for transparent huge pages):")
+    native = _check_native()
+    print(f"{cpu_line()}\ntorch threads: {torch.get_num_threads()}, matrix {args.size}x{args.size}, decode paths "
+          f"{', '.join(native.decode_paths())} (AVX512-BF16 conversion: {native.bf16_instruction()})\n")
+    print(f"dequantize nf4 into a fresh output; ratio = bitsandbytes' time / our {native.decode_paths()[0]} path's "
+          f"(> 1: ours faster); fill = writing a fresh output of that size at all\n")
     sys.stdout.flush()
-    subprocess.run([sys.executable, __file__, "--codec-only", "--size", str(args.size), "--repeats", str(args.repeats)],
-                   env={**os.environ, "THP_MEM_ALLOC_ENABLE": "1"}, check=True)
+    for mode, (_, env) in EQUAL_TERMS.items():
+        subprocess.run([sys.executable, __file__, "--equal-terms", mode, "--size", str(args.size), "--repeats",
+                        str(args.repeats)], env={**os.environ, **FIXED_MMAP, **env}, check=True)
+        print()
+    print_dequant("default mode (ours advised onto huge pages, theirs not; glibc's own mmap threshold), ms:",
+                  dequant_times(args.size, args.repeats, advise=True))
+    print("\nfp32 dequantize into a preallocated output, against a memory copy:")
+    for path, (ours_gbs, copy_gbs) in bandwidth(args.size, args.repeats).items():
+        print(f"  {path:<9} {ours_gbs:.1f} GB/s vs copy {copy_gbs:.1f} GB/s: {ours_gbs / copy_gbs:.2f} of copy")
+    compiled, plain, theirs = quantize_row(args.size, args.repeats)
+    print(f"\nquantize nf4: compiled {compiled:.1f} ms, plain torch {plain:.1f} ms, bitsandbytes {theirs:.1f} ms "
+          f"({theirs / compiled:.1f}x)")
     with tempfile.TemporaryDirectory() as tmp:
         lab = [peak_memory("lab", Path(tmp) / f"a{i}") for i in range(2)]
         bnb = [peak_memory("bnb", Path(tmp) / f"b{i}") for i in range(2)]

@@ -1,7 +1,12 @@
 /* 4-bit blockwise quantize / dequantize on the CPU: the plain-torch codec's float steps, one
  * pass over memory. Compiled on first use by qlora_kernels.native (cc -O3 -march=native
  * -ffp-contract=off: no fused multiply-add, so every value is the torch path's to the bit).
- * Each call handles blocks [first, last); the caller runs ranges on its threads. */
+ * Each call handles blocks [first, last); the caller runs ranges on its threads.
+ *
+ * The decode has three paths, one build carrying all of them (x86-64 with GCC or clang: the
+ * vector ones are compiled for their instruction sets by target attributes, whatever -march
+ * says) and the CPU's flags picking one at run time: AVX-512 (F, BW, VL, DQ; with AVX512-BF16's
+ * conversion instruction where the CPU has it), AVX2, and portable C. */
 
 #define _DEFAULT_SOURCE /* madvise */
 #include <math.h>
@@ -9,9 +14,38 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#if defined(__AVX2__)
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define X86_PATHS 1
 #include <immintrin.h>
+#define AVX2_TARGET __attribute__((target("avx2")))
+#define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+#define AVX512BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 #endif
+
+enum { PATH_BEST = 0, PATH_PORTABLE = 1, PATH_AVX2 = 2, PATH_AVX512 = 3 };
+
+/* Bit (1 << path) set for each decode path this build can run on this CPU. */
+int32_t decode_paths(void) {
+    int32_t paths = 1 << PATH_PORTABLE;
+#if defined(X86_PATHS)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2")) paths |= 1 << PATH_AVX2;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")
+        && __builtin_cpu_supports("avx512dq"))
+        paths |= 1 << PATH_AVX512;
+#endif
+    return paths;
+}
+
+/* 1 where the AVX-512 path converts to bfloat16 with the CPU's own instruction (AVX512-BF16). */
+int32_t native_bf16(void) {
+#if defined(X86_PATHS)
+    __builtin_cpu_init();
+    return (decode_paths() >> PATH_AVX512 & 1) && __builtin_cpu_supports("avx512bf16");
+#else
+    return 0;
+#endif
+}
 
 static inline uint16_t to_bf16(float value) {
     uint32_t bits;
@@ -25,10 +59,25 @@ static inline int64_t block_end(int64_t block, int64_t blocksize, int64_t n) {
     return end < n ? end : n;
 }
 
-#if defined(__AVX2__)
+/* Outputs at least this large bypass the cache (streaming stores): they would not stay in it,
+ * and a plain store first reads each line it writes. */
+#define STREAM_MIN_BYTES (8 << 20)
+
+/* The portable path, and every path's tail of a block that is not a whole number of vectors. */
+static inline void decode_scalar(const uint8_t *packed, const float *pairs, float scale, const float *offset,
+                                 void *out, int64_t i, int64_t end, int32_t out_bf16) {
+    for (; i < end; i++) {
+        float value = pairs[2 * packed[i / 2] + (i & 1)] * scale;
+        if (offset) value = value + *offset;
+        if (out_bf16) ((uint16_t *)out)[i] = to_bf16(value);
+        else ((float *)out)[i] = value;
+    }
+}
+
+#if defined(X86_PATHS)
 /* 8 bytes -> 16 values (high nibble first): two 8-entry permutes pick from the 16-value table. */
-static inline void decode16(const uint8_t *bytes, __m256 low_table, __m256 high_table, __m256 scale,
-                            const float *offset, __m256 *first, __m256 *second) {
+AVX2_TARGET static inline void decode16(const uint8_t *bytes, __m256 low_table, __m256 high_table, __m256 scale,
+                                        const float *offset, __m256 *first, __m256 *second) {
     __m128i raw = _mm_loadl_epi64((const __m128i *)bytes);
     __m128i high = _mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0x0f));
     __m128i low = _mm_and_si128(raw, _mm_set1_epi8(0x0f));
@@ -47,7 +96,7 @@ static inline void decode16(const uint8_t *bytes, __m256 low_table, __m256 high_
     }
 }
 
-static inline __m128i to_bf16x8(__m256 values) {
+AVX2_TARGET static inline __m128i to_bf16x8(__m256 values) {
     __m256i bits = _mm256_castps_si256(values);
     __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
     __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
@@ -57,45 +106,17 @@ static inline __m128i to_bf16x8(__m256 values) {
     __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(half), _mm256_extracti128_si256(half, 1));
     return packed;
 }
-#endif
 
-/* Ask for transparent huge pages on the whole 2 MiB pages inside a fresh, untouched buffer: its
- * first writes then fault in 2 MiB at a time instead of 4 KiB (a 67 MB output took 26 ms of
- * page faults against 4 ms of decoding). A no-op where the system has no such advice. */
-void advise_huge_pages(void *buffer, int64_t bytes) {
-#if defined(MADV_HUGEPAGE)
-    const uintptr_t huge = (uintptr_t)2 << 20;
-    uintptr_t start = ((uintptr_t)buffer + huge - 1) & ~(huge - 1), end = ((uintptr_t)buffer + bytes) & ~(huge - 1);
-    if (end > start) madvise((void *)start, end - start, MADV_HUGEPAGE);
-#else
-    (void)buffer;
-    (void)bytes;
-#endif
-}
-
-/* Outputs at least this large bypass the cache (streaming stores): they would not stay in it,
- * and a plain store first reads each line it writes. */
-#define STREAM_MIN_BYTES (8 << 20)
-
-/* out[i] = table[code i] * absmax[block of i] (+ offsets[block of i] where offsets is not NULL: the
- * affine data types' block centres), as float32 (out_bf16 = 0) or bfloat16 (1). */
-void dequantize_4bit(const uint8_t *packed, const float *absmax, const float *offsets, const float *table, void *out,
-                     int64_t n, int64_t blocksize, int64_t first, int64_t last, int32_t out_bf16) {
-    float pairs[512];
-    for (int byte = 0; byte < 256; byte++) {
-        pairs[2 * byte] = table[byte >> 4];
-        pairs[2 * byte + 1] = table[byte & 15];
-    }
-#if defined(__AVX2__)
+AVX2_TARGET static void dequantize_avx2(const uint8_t *packed, const float *absmax, const float *offsets,
+                                        const float *table, const float *pairs, void *out, int64_t n,
+                                        int64_t blocksize, int64_t first, int64_t last, int32_t out_bf16,
+                                        int32_t may_stream) {
     __m256 low_table = _mm256_loadu_ps(table), high_table = _mm256_loadu_ps(table + 8);
-    const int stream = n * (out_bf16 ? 2 : 4) >= STREAM_MIN_BYTES && ((uintptr_t)out & 31) == 0;
-#endif
+    const int stream = may_stream && n * (out_bf16 ? 2 : 4) >= STREAM_MIN_BYTES && ((uintptr_t)out & 31) == 0;
     for (int64_t block = first; block < last; block++) {
         int64_t start = block * blocksize, end = block_end(block, blocksize, n), i = start;
-        const float scale = absmax[block];
         const float *offset = offsets ? offsets + block : NULL;
-#if defined(__AVX2__)
-        __m256 scale8 = _mm256_set1_ps(scale);
+        __m256 scale8 = _mm256_set1_ps(absmax[block]);
         for (; i + 16 <= end; i += 16) {
             __m256 first8, second8;
             decode16(packed + i / 2, low_table, high_table, scale8, offset, &first8, &second8);
@@ -116,17 +137,123 @@ void dequantize_4bit(const uint8_t *packed, const float *absmax, const float *of
                 _mm256_storeu_ps((float *)out + i + 8, second8);
             }
         }
-#endif
-        for (; i < end; i++) {
-            float value = pairs[2 * packed[i / 2] + (i & 1)] * scale;
-            if (offset) value = value + *offset;
-            if (out_bf16) ((uint16_t *)out)[i] = to_bf16(value);
-            else ((float *)out)[i] = value;
-        }
+        decode_scalar(packed, pairs, absmax[block], offset, out, i, end, out_bf16);
     }
-#if defined(__AVX2__)
     if (stream) _mm_sfence(); /* streamed stores visible before the caller reads */
+}
+
+/* 16 bytes -> 32 values (high nibble first): one 16-entry permute per 16 values. */
+AVX512_TARGET static inline void decode32(const uint8_t *bytes, __m512 table, __m512 scale, const float *offset,
+                                          __m512 *first, __m512 *second) {
+    __m128i raw = _mm_loadu_si128((const __m128i *)bytes);
+    __m128i high = _mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0x0f));
+    __m128i low = _mm_and_si128(raw, _mm_set1_epi8(0x0f));
+    *first = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(high, low)), table), scale);
+    *second = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(high, low)), table), scale);
+    if (offset) {
+        *first = _mm512_add_ps(*first, _mm512_set1_ps(*offset));
+        *second = _mm512_add_ps(*second, _mm512_set1_ps(*offset));
+    }
+}
+
+/* float32 -> bfloat16 by integer rounding (to nearest even; NaN kept quiet), as to_bf16 does. */
+AVX512_TARGET static inline __m256i to_bf16x16(__m512 values) {
+    __m512i bits = _mm512_castps_si512(values);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+    __mmask16 nan = _mm512_cmp_ps_mask(values, values, _CMP_UNORD_Q);
+    __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40));
+    return _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(nan, rounded, quiet));
+}
+
+/* With AVX512-BF16: the CPU's conversion, which rounds to nearest even and quiets NaN as
+ * to_bf16 does but flushes subnormal inputs to zero: a vector holding one takes the integer way. */
+AVX512BF16_TARGET static inline __m256i to_bf16x16_native(__m512 values) {
+    if (_mm512_fpclass_ps_mask(values, 0x20)) return to_bf16x16(values); /* 0x20: subnormal */
+    return (__m256i)_mm512_cvtneps_pbh(values);
+}
+
+#define DEQUANTIZE_AVX512(NAME, TARGET, CONVERT)                                                                     \
+    TARGET static void NAME(const uint8_t *packed, const float *absmax, const float *offsets, const float *table,    \
+                            const float *pairs, void *out, int64_t n, int64_t blocksize, int64_t first, int64_t last, \
+                            int32_t out_bf16, int32_t may_stream) {                                                  \
+        __m512 table16 = _mm512_loadu_ps(table);                                                                     \
+        const int stream = may_stream && n * (out_bf16 ? 2 : 4) >= STREAM_MIN_BYTES && ((uintptr_t)out & 63) == 0;               \
+        for (int64_t block = first; block < last; block++) {                                                         \
+            int64_t start = block * blocksize, end = block_end(block, blocksize, n), i = start;                     \
+            const float *offset = offsets ? offsets + block : NULL;                                                  \
+            __m512 scale = _mm512_set1_ps(absmax[block]);                                                            \
+            for (; i + 32 <= end; i += 32) {                                                                         \
+                __m512 first16, second16;                                                                            \
+                decode32(packed + i / 2, table16, scale, offset, &first16, &second16);                               \
+                if (out_bf16) {                                                                                      \
+                    __m256i *to = (__m256i *)((uint16_t *)out + i);                                                  \
+                    if (stream) {                                                                                    \
+                        _mm256_stream_si256(to, CONVERT(first16));                                                   \
+                        _mm256_stream_si256(to + 1, CONVERT(second16));                                              \
+                    } else {                                                                                         \
+                        _mm256_storeu_si256(to, CONVERT(first16));                                                   \
+                        _mm256_storeu_si256(to + 1, CONVERT(second16));                                              \
+                    }                                                                                                \
+                } else if (stream) {                                                                                 \
+                    _mm512_stream_ps((float *)out + i, first16);                                                     \
+                    _mm512_stream_ps((float *)out + i + 16, second16);                                               \
+                } else {                                                                                             \
+                    _mm512_storeu_ps((float *)out + i, first16);                                                     \
+                    _mm512_storeu_ps((float *)out + i + 16, second16);                                               \
+                }                                                                                                    \
+            }                                                                                                        \
+            decode_scalar(packed, pairs, absmax[block], offset, out, i, end, out_bf16);                             \
+        }                                                                                                            \
+        if (stream) _mm_sfence();                                                                                    \
+    }
+
+DEQUANTIZE_AVX512(dequantize_avx512, AVX512_TARGET, to_bf16x16)
+DEQUANTIZE_AVX512(dequantize_avx512_bf16, AVX512BF16_TARGET, to_bf16x16_native)
 #endif
+
+/* Ask for transparent huge pages on the whole 2 MiB pages inside a fresh, untouched buffer: its
+ * first writes then fault in 2 MiB at a time instead of 4 KiB (a 67 MB output took 26 ms of
+ * page faults against 4 ms of decoding). A no-op where the system has no such advice. */
+void advise_huge_pages(void *buffer, int64_t bytes) {
+#if defined(MADV_HUGEPAGE)
+    const uintptr_t huge = (uintptr_t)2 << 20;
+    uintptr_t start = ((uintptr_t)buffer + huge - 1) & ~(huge - 1), end = ((uintptr_t)buffer + bytes) & ~(huge - 1);
+    if (end > start) madvise((void *)start, end - start, MADV_HUGEPAGE);
+#else
+    (void)buffer;
+    (void)bytes;
+#endif
+}
+
+/* out[i] = table[code i] * absmax[block of i] (+ offsets[block of i] where offsets is not NULL: the
+ * affine data types' block centres), as float32 (out_bf16 = 0) or bfloat16 (1). `path`: PATH_BEST
+ * (the widest this CPU runs), or one of decode_paths() (the tests run each). */
+void dequantize_4bit(const uint8_t *packed, const float *absmax, const float *offsets, const float *table, void *out,
+                     int64_t n, int64_t blocksize, int64_t first, int64_t last, int32_t out_bf16, int32_t path,
+                     int32_t may_stream) {
+    float pairs[512];
+    for (int byte = 0; byte < 256; byte++) {
+        pairs[2 * byte] = table[byte >> 4];
+        pairs[2 * byte + 1] = table[byte & 15];
+    }
+    const int32_t paths = decode_paths();
+    if (path == PATH_BEST) path = paths >> PATH_AVX512 & 1 ? PATH_AVX512 : paths >> PATH_AVX2 & 1 ? PATH_AVX2 : PATH_PORTABLE;
+    if (!(paths >> path & 1)) path = PATH_PORTABLE; /* the caller checks; never run what the CPU cannot */
+#if defined(X86_PATHS)
+    if (path == PATH_AVX512) {
+        (native_bf16() ? dequantize_avx512_bf16 : dequantize_avx512)(packed, absmax, offsets, table, pairs, out, n,
+                                                                      blocksize, first, last, out_bf16, may_stream);
+        return;
+    }
+    if (path == PATH_AVX2) {
+        dequantize_avx2(packed, absmax, offsets, table, pairs, out, n, blocksize, first, last, out_bf16, may_stream);
+        return;
+    }
+#endif
+    for (int64_t block = first; block < last; block++)
+        decode_scalar(packed, pairs, absmax[block], offsets ? offsets + block : NULL, out, block * blocksize,
+                      block_end(block, blocksize, n), out_bf16);
 }
 
 /* Per block: absmax, weight * (1 / absmax) (a short last block: weight / absmax), clamped to

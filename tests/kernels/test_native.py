@@ -21,10 +21,37 @@ BOOKS = ["nf4", "fp4", "int4", "int4_affine", Codebook("uneven4", tuple(sorted([
 SHAPES = [(7,), (3, 5, 7), (1001,), (33, 65), (2, 300, 17), (2048, 1025), (4096, 1024)]
 
 
+PATHS = native.decode_paths()  # the decode paths this CPU executes, widest first (avx512, avx2, portable)
+
+
 def both_paths(fn):
     with native.enabled(False):
         plain = fn()
     return fn(), plain
+
+
+def each_path(fn):
+    """{decode path: fn()} for every path this CPU executes."""
+    out = {}
+    for path in PATHS:
+        with native.decode_path(path):
+            out[path] = fn()
+    return out
+
+
+def test_the_paths_are_picked_from_the_cpu_flags():
+    flags = set()
+    for line in open("/proc/cpuinfo", encoding="utf-8"):
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    assert PATHS[-1] == "portable"
+    assert ("avx2" in PATHS) == ("avx2" in flags)
+    assert ("avx512" in PATHS) == ({"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags)
+    assert native.bf16_instruction() == ("avx512" in PATHS and "avx512_bf16" in flags)
+    with pytest.raises(ValueError, match="decode path 'sse9'"):
+        with native.decode_path("sse9"):
+            pass
 
 
 @pytest.mark.parametrize("book", BOOKS, ids=lambda b: codebook(b).name)
@@ -39,9 +66,11 @@ def test_compiled_codec_matches_plain_torch(book, blocksize):
         assert torch.equal(compiled.absmax, plain.absmax), shape
         assert (compiled.offsets is None) == (plain.offsets is None) == (not codebook(book).affine)
         for dtype in (torch.float32, torch.bfloat16, torch.float16):
-            ours, reference = both_paths(lambda: dequantize(compiled, dtype))
-            assert ours.dtype == reference.dtype == dtype and ours.shape == weight.shape
-            assert torch.equal(ours, reference), (shape, dtype)
+            with native.enabled(False):
+                reference = dequantize(compiled, dtype)
+            for path, ours in each_path(lambda: dequantize(compiled, dtype)).items():
+                assert ours.dtype == reference.dtype == dtype and ours.shape == weight.shape
+                assert torch.equal(ours, reference), (shape, dtype, path)
 
 
 def test_bfloat16_and_float16_inputs_and_double_quant_take_the_compiled_path_too():
@@ -53,9 +82,11 @@ def test_bfloat16_and_float16_inputs_and_double_quant_take_the_compiled_path_too
         assert ours.dtype == dtype and torch.equal(ours, reference)
 
 
-def test_the_portable_build_without_vector_code_agrees(tmp_path):
-    """-O3 alone (no -march=native: no AVX2 intrinsics) is what a machine without them runs."""
+def test_the_build_without_march_native_agrees_on_every_path(tmp_path):
+    """-O3 alone (no -march=native): the build where the compiler does not know this CPU; its vector
+    paths come from target attributes and are picked at run time, the portable one is plain C."""
     portable = native.build(["-O3"], tmp_path)
+    assert native.decode_paths(portable) == PATHS
     book = codebook("nf4")
     midpoints, order = sorted_codes(book.values)
     for n in (1, 31, 4097, 300_001):
@@ -64,8 +95,9 @@ def test_the_portable_build_without_vector_code_agrees(tmp_path):
         reference = quantize(flat, book, blocksize=64)
         assert torch.equal(packed, reference.packed) and torch.equal(absmax, reference.absmax), n
         for dtype in (torch.float32, torch.bfloat16):
-            values = native.dequantize_4bit(packed, absmax, book.tensor(), n, 64, dtype, library=portable)
-            assert torch.equal(values, dequantize(reference, dtype).reshape(-1)), (n, dtype)
+            for path, values in each_path(lambda: native.dequantize_4bit(packed, absmax, book.tensor(), n, 64, dtype,
+                                                                         library=portable)).items():
+                assert torch.equal(values, dequantize(reference, dtype).reshape(-1)), (n, dtype, path)
 
 
 def test_the_portable_build_adds_affine_offsets_as_torch_does(tmp_path):
@@ -73,19 +105,25 @@ def test_the_portable_build_adds_affine_offsets_as_torch_does(tmp_path):
     for n, double_quant in ((31, False), (4097, True), (300_001, False)):
         state = quantize(torch.randn(n) * 0.03 + 0.01, "int4_affine", blocksize=64, double_quant=double_quant)
         for dtype in (torch.float32, torch.bfloat16):
-            values = native.dequantize_4bit(state.packed, state.block_absmax(), state.codebook.tensor(), n, 64, dtype,
-                                            library=portable, offsets=state.block_offsets())
             with native.enabled(False):
-                assert torch.equal(values, dequantize(state, dtype).reshape(-1)), (n, dtype)
+                reference = dequantize(state, dtype).reshape(-1)
+            for path, values in each_path(lambda: native.dequantize_4bit(
+                    state.packed, state.block_absmax(), state.codebook.tensor(), n, 64, dtype, library=portable,
+                    offsets=state.block_offsets())).items():
+                assert torch.equal(values, reference), (n, dtype, path)
 
 
 def test_bfloat16_rounding_is_to_nearest_even_and_keeps_nan_and_inf():
     state = quantize(torch.randn(4, 64), "nf4", blocksize=64)
-    for scale in (1.0 + 2**-8, 1.0 + 3 * 2**-8, 3.0000002, float("inf"), float("nan")):  # ties, just above, specials
+    # ties, just above, specials; and subnormal results (AVX512-BF16's instruction would flush them)
+    for scale in (1.0 + 2**-8, 1.0 + 3 * 2**-8, 3.0000002, float("inf"), float("nan"), 3e-41, 1e-39):
         scaled = type(state)(**{**state.__dict__, "absmax": torch.full_like(state.absmax, scale)})
-        ours, reference = both_paths(lambda: dequantize(scaled, torch.bfloat16))
-        assert torch.equal(ours.isnan(), reference.isnan())
-        assert torch.equal(ours[~ours.isnan()], reference[~reference.isnan()]), scale
+        with native.enabled(False):
+            reference = dequantize(scaled, torch.bfloat16)
+        for path, ours in each_path(lambda: dequantize(scaled, torch.bfloat16)).items():
+            assert torch.equal(ours.isnan(), reference.isnan()), (scale, path)
+            assert torch.equal(ours[~ours.isnan()], reference[~reference.isnan()]), (scale, path)
+    assert (reference != 0).any() and reference.abs().max() < 1.2e-38  # the last scale: subnormal values
 
 
 def test_dequantize_into_a_given_tensor():

@@ -46,3 +46,16 @@ def test_unknown_schema_is_refused_with_a_clear_message(tmp_path):
     (tmp_path / "record.json").write_text(json.dumps({"schema": 99, "run_id": "x"}))
     with pytest.raises(RecordError, match="record schema 99 is not 1"):
         read_record(tmp_path / "record.json")
+
+
+def test_adapter_keys_at_their_defaults_keep_earlier_run_ids():
+    """Records written before lora.init / dora / rslora existed keep their id (a relaunch reuses
+    them); any other value of those keys is a different run."""
+    earlier = {"lora": {"r": 8, "targets": "all"}, "dtype": {"name": "nf4"}}
+    now = {**earlier, "lora": {**earlier["lora"], "init": "gaussian", "loftq_iter": 1, "pissa_niter": 0,
+                               "dora": False, "rslora": False}}
+    assert run_id(now) == run_id(earlier)
+    variants = [{"init": "loftq"}, {"init": "pissa"}, {"dora": True}, {"rslora": True},
+                {"init": "loftq", "loftq_iter": 2}, {"init": "pissa", "pissa_niter": 4}]
+    ids = {run_id({**now, "lora": {**now["lora"], **change}}) for change in variants}
+    assert len(ids) == len(variants) and run_id(now) not in ids

@@ -128,6 +128,19 @@ def test_after_fine_tuning_the_reference_carries_the_adapter(tmp_path):
     assert 0 < trained.metrics["kl_to_base"] < 0.05
 
 
+def test_an_adapter_init_is_measured_at_init_and_its_split_base_after_training(tmp_path):
+    """Eval-only: quantized base + LoftQ's or PiSSA's adapter against the 16-bit base comes closer
+    than the base alone (gaussian: B = 0). After fine-tuning from PiSSA the reference is PiSSA's
+    residual, unquantized, + the same adapter: a small KL (against the whole checkpoint + that
+    adapter, the principal directions would count twice)."""
+    kl = {init: _eval_only(tmp_path, "dtype=nf4", "train.max_steps=0", f"lora.init={init}").metrics["kl_to_base"]
+          for init in ("gaussian", "loftq", "pissa")}
+    assert kl["loftq"] < kl["gaussian"] and kl["pissa"] < kl["gaussian"], kl
+    trained = _eval_only(tmp_path, "dtype=nf4", "lora.init=pissa", "train.max_steps=2", "train.batch_size=2")
+    assert trained.status == "ok", trained.error
+    assert 0 < trained.metrics["kl_to_base"] < 0.05
+
+
 @pytest.mark.parametrize("overrides,message", [
     (["model=tiny_t5"], "eval.fidelity=true: measures next-token distributions: needs a causal model"),
     (["lora.enabled=false", "dtype=bf16", "train.max_steps=1"], "a full fine-tune (lora.enabled=false) has no"),
