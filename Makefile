@@ -32,7 +32,7 @@ micro-study: install
 	$(PY) -m qlora_lab.micro_study
 
 # The adapter study on the same base (LoftQ, PiSSA, DoRA x NF4, Int4, NF3): into the micro-study's
-# folder and report, as a section of its own. About N minutes on 2 cores, the base built.
+# folder and report, as a section of its own. About 13 minutes on 2 cores, the base built.
 adapters-study: install
 	$(PY) -m qlora_lab.micro_study --adapters
 

@@ -145,10 +145,14 @@ def _save_requantized(merged, config, out: Path) -> str:
 
 
 def _reload(out: Path):
-    """The exported folder as anyone would load it."""
+    """The exported folder as anyone would load it (a 4-bit one kept off bitsandbytes' AVX512-BF16
+    repacking, as every qlora-lab load is: with it, this comparison measured a KL of 0.25 nats)."""
     from transformers import AutoModelForCausalLM
 
+    from qlora_lab.model.quantize import disable_cpu_weight_repacking
+
     model = AutoModelForCausalLM.from_pretrained(str(out), dtype="auto", device_map="cpu")
+    disable_cpu_weight_repacking(model)
     model.eval()
     return model
 

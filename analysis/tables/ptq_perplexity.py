@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pandas as pd
 
+from qlora_analysis.collect import plain_lora
 from qlora_analysis.tables import summarize, table
 from qlora_analysis.tables.fidelity import checkpoint_name, checkpoint_order
 
@@ -15,6 +16,7 @@ from qlora_analysis.tables.fidelity import checkpoint_name, checkpoint_order
 def ptq_perplexity(runs, judgments):
     if runs.empty or "ppl" not in runs:
         return None
+    runs = plain_lora(runs)  # an adapter study's eval-only runs measure the adapter's init, not the storage
     eval_only = runs[(runs["train.max_steps"] == 0) & runs["ppl"].notna()]
     before = runs[runs["base_ppl"].notna()].assign(ppl=lambda r: r["base_ppl"]) if "base_ppl" in runs else runs[:0]
     # one measure per base and data type: seeds and LoRA settings of a fine-tuning study share it

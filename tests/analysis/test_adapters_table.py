@@ -41,3 +41,13 @@ def test_the_adapters_table_and_its_separation(tmp_path):
     assert list(ptq_fidelity(runs)["kl_to_base"]) == [4.0e-3]
     assert claims(runs, None) is None or "LoftQ" not in claims(runs, None).frame.to_string()
     assert "NF4 · all · r16 · LoftQ" in set(runs["config"])
+
+
+def test_an_adapter_init_sweep_stays_out_of_the_ptq_perplexity_table(tmp_path):
+    from qlora_analysis.tables.ptq_perplexity import ptq_perplexity
+
+    write_run(tmp_path / "ptq" / "0", {"dtype": "nf4", "lora.r": 8, "train.max_steps": 0}, {"ppl": 30.0})
+    for i, init in enumerate(("gaussian", "loftq")):  # (r 64: the gaussian run is not the PTQ run's duplicate)
+        write_run(tmp_path / "init" / str(i), {"dtype": "nf4", "lora.init": init, "train.max_steps": 0}, {"ppl": 50.0})
+    table = ptq_perplexity(collect(tmp_path), None)
+    assert table.numbers["mean"].tolist() == [30.0] and table.numbers["runs"].tolist() == [1]

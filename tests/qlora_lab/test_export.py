@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli, tiny_base_dir
+from conftest import REPO, tiny_base_dir
 
 LOSS_TOLERANCE = 0.01  # nats per token, 16-bit export against the unmerged model
 
@@ -23,20 +23,33 @@ def _export(run_dir: Path, merge: str, out: Path) -> subprocess.CompletedProcess
                            "--tokens", "1024"], capture_output=True, text=True, cwd=REPO, timeout=600)
 
 
+def _run(run_dir: Path, *overrides: str):
+    """One run in this process (as the fidelity tests do): its record."""
+    from hydra import compose, initialize_config_dir
+
+    from qlora_lab.config import run_config
+    from qlora_lab.run import run
+    from qlora_lab.sweep import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["train.report_to=none", "eval.n_generate=0", *overrides])
+    return run(run_config(cfg), run_dir, list(overrides)).record
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A DoRA adapter trained a few steps on an NF4 base (bitsandbytes), with a visible lr."""
     tiny_base_dir()
-    out = tmp_path_factory.mktemp("export")
-    proc = run_cli("lora.dora=true", "train.max_steps=6", "train.learning_rate=3e-3", "train.report_to=none",
-                   "eval.n_generate=0", f"hydra.run.dir={out / 'run'}", cwd=out)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out / "run"
+    run_dir = tmp_path_factory.mktemp("export") / "run"
+    record = _run(run_dir, "lora.dora=true", "train.max_steps=6", "train.learning_rate=3e-3", "train.save_steps=0")
+    assert record.status == "ok", record.error
+    return run_dir
 
 
 def test_a_16_bit_export_reloads_and_evaluates_to_the_unmerged_loss(trained, tmp_path):
-    proc = _export(trained, "16bit", tmp_path / "merged")
+    proc = _export(trained, "16bit", tmp_path / "merged")  # the command, as a user runs it
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "KL to the unmerged model" in proc.stdout
     report = json.loads((tmp_path / "merged" / "export.json").read_text())
     assert report["merge"] == "16bit" and report["format"] == "bfloat16 safetensors"
     assert 0 <= report["kl_to_unmerged"] < 1e-3 and report["top1_agree"] > 0.95
@@ -53,18 +66,15 @@ def test_a_16_bit_export_reloads_and_evaluates_to_the_unmerged_loss(trained, tmp
 
     # qlora-lab evaluates it as a model of its own: the same held-out loss as the run recorded
     record = json.loads((trained / "record.json").read_text())
-    sweep = tmp_path / "eval"
-    proc = run_cli(f"model.path={tmp_path / 'merged'}", "dtype=bf16", "train.max_steps=0", "train.report_to=none",
-                   "eval.n_generate=0", f"hydra.run.dir={sweep}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    evaluated = json.loads((sweep / "record.json").read_text())
-    assert evaluated["status"] == "ok", evaluated.get("error")
-    assert abs(evaluated["metrics"]["eval_loss"] - record["metrics"]["eval_loss"]) <= LOSS_TOLERANCE
+    evaluated = _run(tmp_path / "eval", f"model.path={tmp_path / 'merged'}", "dtype=bf16", "train.max_steps=0")
+    assert evaluated.status == "ok", evaluated.error
+    assert abs(evaluated.metrics["eval_loss"] - record["metrics"]["eval_loss"]) <= LOSS_TOLERANCE
 
 
 def test_a_4_bit_export_is_bitsandbytes_format_and_its_change_is_measured(trained, tmp_path):
-    proc = _export(trained, "4bit", tmp_path / "nf4")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    from qlora_lab.export import export
+
+    export(trained, "4bit", tmp_path / "nf4", tokens=1024)
     config = json.loads((tmp_path / "nf4" / "config.json").read_text())
     assert config["quantization_config"]["bnb_4bit_quant_type"] == "nf4"
     report = json.loads((tmp_path / "nf4" / "export.json").read_text())
