@@ -15,23 +15,19 @@ from qlora_lab.data.tokens import PadCollator
 
 
 SIGINT_SEEN = threading.Event()  # set by the run's SIGINT handler; cleared when a run starts
-TRAINING = threading.Event()  # set while Trainer.train runs: a SIGINT then only sets SIGINT_SEEN
 
 
 def interrupt_callback():
-    """A Trainer callback that raises KeyboardInterrupt at the end of the (micro-)step in which a
-    SIGINT was seen. While training, the handler raises nothing itself: a KeyboardInterrupt
-    raised wherever the signal lands can be swallowed (a finalizer) or, worse, leave a lock
-    held (a progress bar's, a logger's) that the next write waits on for ever; under load that
-    hung a run after its Ctrl-C. The end of a step is a point where no library holds one."""
+    """A Trainer callback that raises KeyboardInterrupt at the next step's end once a SIGINT
+    was seen: the handler's own KeyboardInterrupt can land where a library swallows it (a
+    garbage-collector callback, a finalizer), and the run would then train on with later
+    SIGINTs ignored."""
     from transformers import TrainerCallback
 
     class StopOnSigint(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if SIGINT_SEEN.is_set():
                 raise KeyboardInterrupt
-
-        on_substep_end = on_step_end
 
     return StopOnSigint()
 
@@ -119,13 +115,11 @@ def fit(model, tokenizer, examples: list[dict], cfg: TrainConfig, compute_dtype:
     resume = resume_point(out_dir, cfg.max_steps)
     tokens_before = _tokens_seen(resume)
     start = time.perf_counter()  # train_s: inside Trainer.train only, as a plain script times it
-    TRAINING.set()
     try:
         trainer.train(resume_from_checkpoint=resume)
     except KeyboardInterrupt:
         raise Interrupted(trainer.state.global_step) from None
     finally:
-        TRAINING.clear()
         peak.close()
     train_s = time.perf_counter() - start - peak.measure_s
     # accelerate leaves its mixed-precision autocast wrapped around model.forward; evaluation

@@ -168,7 +168,7 @@ def _first_sigint_only() -> None:
     import signal
     import threading
 
-    from qlora_lab.fit import SIGINT_SEEN, TRAINING
+    from qlora_lab.fit import SIGINT_SEEN
 
     SIGINT_SEEN.clear()
     if threading.current_thread() is not threading.main_thread():
@@ -176,9 +176,8 @@ def _first_sigint_only() -> None:
 
     def interrupt(signum, frame):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        SIGINT_SEEN.set()
-        if not TRAINING.is_set():  # while training, the Trainer callback raises at the step's end
-            raise KeyboardInterrupt
+        SIGINT_SEEN.set()  # should this KeyboardInterrupt be swallowed, the training stops at its next step
+        raise KeyboardInterrupt
 
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, interrupt)

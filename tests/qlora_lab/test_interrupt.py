@@ -17,11 +17,20 @@ from conftest import tiny_base_dir
 LONG = ["train.max_steps=400", "train.save_steps=2", "train.report_to=none", "eval.n_generate=1"]
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """SIGINT at its default, as a terminal's foreground command has it. A test suite started in the
+    background (`make test &`, a CI runner's `nohup`) has SIGINT ignored, every process it starts
+    inherits that, and a command started with SIGINT ignored rightly keeps ignoring it: the run
+    then trained on after its Ctrl-C until the test timed out (seen twice)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt_after_checkpoints(args: list[str], folders: list[Path], cwd: Path) -> subprocess.CompletedProcess:
     """Start the command in its own process group, wait until every folder has a checkpoint,
     then send SIGINT to the group."""
     proc = subprocess.Popen([sys.executable, "-m", "qlora_lab.train", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=os.environ.copy())
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=os.environ.copy(),
+                            preexec_fn=_sigint_as_in_a_terminal)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None and \
             not all(list(f.glob("checkpoints/checkpoint-*/trainer_state.json")) for f in folders):
