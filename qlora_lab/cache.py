@@ -46,20 +46,26 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder + rename: readers see all or nothing. The file
-    gets the user's umask, as an ordinary write would (mkstemp's own 0600 would hide records
-    from the rest of a group sharing a sweep folder)."""
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """`write(temp_path)` into a temp file in the same folder, then rename: readers see all or
+    nothing, a failed write leaves nothing behind. The file gets the user's umask, as an ordinary
+    write would (mkstemp's own 0600 would hide records from the rest of a group sharing a sweep
+    folder)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        os.close(fd)
+        write(tmp)  # a writer may replace the file (safetensors does): its mode is set after
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """atomic_write of a text file (UTF-8)."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def cached_json(name: str, build: Callable[[], object]) -> object:

@@ -113,8 +113,7 @@ def export(run_dir: Path, merge: str, out: Path, tokens: int | None = None) -> E
     else:
         fmt = _save_requantized(merged, config, out)
     built.tokenizer.save_pretrained(out)
-    windows = fidelity_windows(config, built.tokenizer, load_splits(config.dataset).eval)
-    windows = _first_tokens(windows, tokens or config.eval.fidelity_tokens)
+    windows = fidelity_windows(config, built.tokenizer, load_splits(config.dataset).eval, tokens)
     measured = _measure(config, built.model, _reload(out), windows)
     report = ExportReport(run_dir=str(run_dir), run_id=record.run_id, merge=merge, dtype=config.dtype.name, format=fmt,
                           seconds=round(time.perf_counter() - start, 1), **measured)
@@ -155,16 +154,6 @@ def _reload(out: Path):
     disable_cpu_weight_repacking(model)
     model.eval()
     return model
-
-
-def _first_tokens(windows: list[list[int]], tokens: int) -> list[list[int]]:
-    kept, total = [], 0
-    for window in windows:
-        if total >= tokens:
-            break
-        kept.append(window)
-        total += len(window) - 1
-    return kept
 
 
 def _measure(config, unmerged, exported, windows: list[list[int]]) -> dict:

@@ -19,8 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -101,8 +99,9 @@ def targets(windows: list[list[int]]) -> list:
     return [torch.tensor(window[1:]) for window in windows]
 
 
-def fidelity_windows(config, tokenizer, eval_pairs: list) -> list[list[int]]:
-    """The text scored: eval.ppl's corpus where one is set, else the held-out split's pairs."""
+def fidelity_windows(config, tokenizer, eval_pairs: list, tokens: int | None = None) -> list[list[int]]:
+    """The text scored: eval.ppl's corpus where one is set, else the held-out split's pairs; at most
+    `tokens` positions (default eval.fidelity_tokens)."""
     from qlora_lab.evaluate.perplexity import corpus_texts, corpus_windows
 
     ec = config.eval
@@ -110,7 +109,7 @@ def fidelity_windows(config, tokenizer, eval_pairs: list) -> list[list[int]]:
         texts = corpus_texts(ec.ppl.path, ec.ppl.hub_id, ec.ppl.hub_config, ec.ppl.text_field)
     else:
         texts = [source + target for source, target in eval_pairs]
-    return corpus_windows(tokenizer, texts, ec.ppl.seq_len, ec.fidelity_tokens)
+    return corpus_windows(tokenizer, texts, ec.ppl.seq_len, tokens or ec.fidelity_tokens)
 
 
 def reference_base(config, stored: bool = False):
@@ -142,7 +141,7 @@ def cached_reference(config, windows: list[list[int]]) -> list:
     """The bare base's per-window log-probabilities, computed once per base, text and precision."""
     import torch
 
-    from qlora_lab.cache import build_lock, cache_dir
+    from qlora_lab.cache import atomic_write, build_lock, cache_dir
     from qlora_lab.model.build import model_path
     from qlora_lab.model.quantize import compute_autocast
 
@@ -156,7 +155,7 @@ def cached_reference(config, windows: list[list[int]]) -> list:
                 with compute_autocast(config.dtype.compute_dtype, device):
                     logprobs = list(window_logprobs(reference, windows))
                 del reference
-                _atomic_save(torch.cat(logprobs), path)
+                atomic_write(path, lambda tmp: torch.save(torch.cat(logprobs), tmp))
     stored = torch.load(path, weights_only=True)
     return list(stored.split([len(w) - 1 for w in windows]))
 
@@ -171,20 +170,6 @@ def _reference_key(config, path: str, windows: list[list[int]]) -> str:
             "widened": config.lora.enabled and config.dtype.backend != "none", "kind": config.model.kind,
             "version": REFERENCE_VERSION}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _atomic_save(tensor, path: Path) -> None:
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(tensor, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _check(config) -> None:

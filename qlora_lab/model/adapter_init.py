@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -105,22 +104,22 @@ def _build(folder: Path, path: str, kind: str, dtype: DTypeConfig, lora: LoraCon
     file marks the folder complete)."""
     from safetensors.torch import save_file
 
+    from qlora_lab.cache import atomic_write
     from qlora_lab.model.weight_error import checkpoint_tensors
 
+    original = checkpoint_tensors(path)
+    if original is None:
+        raise FileNotFoundError(f"lora.init={lora.init} needs the checkpoint's safetensors; {path} has none")
     layers = _adapted_linears(load_unquantized(), kind, lora, target_pattern, seed)
     split = _pissa if lora.init == "pissa" else _loftq
     bases, factors = {}, {}
     for name, (weight, peft_factors) in layers.items():
         bases[name], factors[f"{name}.A"], factors[f"{name}.B"] = split(weight, peft_factors, lora, dtype,
-                                                                        _checkpoint_dtype(path))
-    original = checkpoint_tensors(path)
-    if original is None:
-        raise FileNotFoundError(f"lora.init={lora.init} needs the checkpoint's safetensors; {path} has none")
+                                                                        original.dtype())
     folder.mkdir(parents=True, exist_ok=True)
     _write_checkpoint_copy(Path(original.folder), folder, original, bases)
-    tmp = folder / f".{FACTORS_NAME}.{os.getpid()}.tmp"
-    save_file({k: v.contiguous() for k, v in factors.items()}, str(tmp))
-    os.replace(tmp, folder / FACTORS_NAME)
+    atomic_write(folder / FACTORS_NAME,
+                 lambda tmp: save_file({k: v.contiguous() for k, v in factors.items()}, tmp))
 
 
 def _adapted_linears(base: torch.nn.Module, kind: str, lora: LoraConfig, target_pattern: str,
@@ -190,17 +189,12 @@ def roundtrip(weight: torch.Tensor, dtype: DTypeConfig) -> torch.Tensor:
     return dequantize(state, torch.float32)
 
 
-def _checkpoint_dtype(path: str) -> torch.dtype:
-    from qlora_lab.model.weight_error import checkpoint_tensors
-
-    tensors = checkpoint_tensors(path)
-    return tensors.dtype() if tensors is not None else torch.float32
-
-
 def _write_checkpoint_copy(source: Path, folder: Path, original, bases: dict[str, torch.Tensor]) -> None:
     """The checkpoint with each adapted weight replaced (in its own key, layout and dtype); every
     other file linked to the original."""
     from safetensors.torch import load_file, save_file
+
+    from qlora_lab.cache import atomic_write
 
     replaced = original.keys_for(bases)  # checkpoint key -> (module name, transposed)
     for item in source.iterdir():
@@ -212,6 +206,4 @@ def _write_checkpoint_copy(source: Path, folder: Path, original, bases: dict[str
             if key in tensors:
                 new = bases[name].t() if transposed else bases[name]
                 tensors[key] = new.to(tensors[key].dtype).contiguous()
-        tmp = folder / f".{file.name}.{os.getpid()}.tmp"
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, folder / file.name)
+        atomic_write(folder / file.name, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))

@@ -29,8 +29,8 @@ PAIRS = [("def add(a, b):\n    \"\"\"Sum.\"\"\"\n", "    return a + b\n"),
 
 
 def lora_grads(evaluate_first: bool, allow_repacking: bool = False, model_cfg: ModelConfig = ODD_WIDTH,
-               backend: str = "bnb") -> dict[str, torch.Tensor]:
-    built = build_model(model_cfg, DTypeConfig(backend=backend), LoraConfig(r=8, dropout=0.0), seed=0,
+               backend: str = "bnb", dora: bool = False) -> dict[str, torch.Tensor]:
+    built = build_model(model_cfg, DTypeConfig(backend=backend), LoraConfig(r=8, dropout=0.0, dora=dora), seed=0,
                         gradient_checkpointing=False)
     model, tok = built.model, built.tokenizer
     with torch.no_grad():  # B starts at zero; give it values so every adapter gradient is non-trivial
@@ -60,6 +60,18 @@ def test_training_after_evaluation_gets_a_fresh_models_gradients(model_cfg, back
     for name in fresh:
         assert torch.equal(fresh[name], after_eval[name]), name
     assert any(g.abs().sum() > 0 for g in fresh.values())
+
+
+@pytest.mark.parametrize("backend", ["bnb", "lab"])
+def test_dora_training_after_evaluation_gets_a_fresh_models_gradients(backend):
+    """DoRA reads the 4-bit base twice more (its column norms, from a copy of the layer on
+    bitsandbytes): evaluating first must change none of its gradients, the magnitudes' included."""
+    fresh = lora_grads(evaluate_first=False, backend=backend, dora=True)
+    after_eval = lora_grads(evaluate_first=True, backend=backend, dora=True)
+    assert fresh.keys() == after_eval.keys() and len(fresh) == 3 * 2 * 7  # A, B and the magnitude
+    for name in fresh:
+        assert torch.equal(fresh[name], after_eval[name]), name
+    assert all(g.abs().sum() > 0 for n, g in fresh.items() if "lora_magnitude_vector" in n)
 
 
 def test_the_trap_is_real_here_so_the_test_above_can_fail():
