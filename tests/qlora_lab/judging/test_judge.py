@@ -84,8 +84,9 @@ class FakeChatAPI(BaseHTTPRequestHandler):
                 self.end_headers()
                 self.wfile.write(b'{"error": {"message": "internal error"}}')
                 return
-            if trouble == "slow":
-                time.sleep(1.5)
+            # every answer takes a moment, as a real endpoint's does: the judge's concurrent requests
+            # then overlap even on a loaded machine (an instant reply let them run one at a time)
+            time.sleep(1.5 if trouble == "slow" else 0.05)
             text = "I cannot say." if trouble == "garbage" else state["verdict"](first, second)
             reply = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                      "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
