@@ -7,17 +7,76 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test bench clean slurm-up slurm-down micro-study adapters-study
+SHELL := /bin/bash
+.PHONY: install lock smoke test-newest demo test bench clean slurm-up slurm-down micro-study adapters-study
+
+# The lock is the only source of versions: requirements-lock.txt pins every package, direct and
+# transitive (pip-tools' pip-compile, `make lock`), torch as the CPU build on this machine's disk;
+# on a machine with an NVIDIA GPU, install/torch-cuda.txt swaps in the CUDA build of the same torch.
+# Force either with `make install TORCH=cpu` or `TORCH=cuda`. uv installs the pins as they are
+# (--no-deps: no resolution at install time; 15x faster than pip here). The venv is made anew
+# whenever the lock changes, so it never holds a package the lock does not name (checked after
+# each install: `pip freeze` == the lock, and `pip check`).
+TORCH ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
+PIP_QUIET := -qq
+TOOLS := .venv-tools
+UV := $(TOOLS)/bin/uv
+UV_VERSION := 0.13.8
+PIP_TOOLS_VERSION := 7.6.2
+# where this machine keeps wheels of its own (the CPU torch): pip's setting, handed to uv and pip-compile
+FIND_LINKS := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
 
 install: $(STAMP)
 
-# torch first, pinned to the CPU build on this machine's disk; then the project and its deps.
-$(STAMP): pyproject.toml
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install $(PIP_QUIET) uv==$(UV_VERSION)
+
+$(STAMP): requirements-lock.txt install/torch-cuda.txt pyproject.toml | $(UV)
+	@echo "make install: a new venv $(VENV) holding exactly the lock (torch $(TORCH))"
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PYTHON) install/lockfile.py requirements $(TORCH) > $(VENV)/requirements.txt
+	$(UV) pip install -q --python $(PY) --no-deps $(FIND_LINKS) -r $(VENV)/requirements.txt
+	$(UV) pip install -q --python $(PY) --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
+	$(PY) install/lockfile.py check $(TORCH)
 	touch $(STAMP)
+
+# Moves the lock to the newest versions pyproject.toml allows (torch stays the build named in
+# install/torch-cpu.txt), then installs it and trains a few steps. Run it by hand when you mean
+# to move (after `make test-newest` passes); CI only ever installs the committed lock.
+lock: | $(UV)
+	test -x $(TOOLS)/bin/pip-compile || $(TOOLS)/bin/python -m pip install $(PIP_QUIET) pip-tools==$(PIP_TOOLS_VERSION)
+	$(TOOLS)/bin/pip-compile -q --upgrade --extra dev --strip-extras --allow-unsafe --no-emit-index-url \
+	    --no-emit-find-links -c install/torch-cpu.txt -o requirements-lock.txt pyproject.toml
+	grep -vE '^(torch|triton)==' requirements-lock.txt | grep -E '^[A-Za-z0-9].*==' > $(TOOLS)/cpu-pins.txt
+	sed 's/+cpu//' install/torch-cpu.txt > $(TOOLS)/torch-cuda.in
+	# the CUDA torch of the package index, not this machine's CPU wheel: no pip config, no find-links
+	env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(TOOLS)/bin/pip-compile -q --upgrade --allow-unsafe \
+	    --no-emit-index-url --no-emit-find-links -c $(TOOLS)/cpu-pins.txt -o $(TOOLS)/cuda-lock.txt \
+	    $(TOOLS)/torch-cuda.in
+	(echo "# The CUDA build of the locked torch, and what it needs beyond requirements-lock.txt (make lock)."; \
+	 $(PYTHON) install/lockfile.py cuda-delta requirements-lock.txt $(TOOLS)/cuda-lock.txt) > install/torch-cuda.txt
+	$(MAKE) install
+	$(MAKE) smoke
+
+# A few training steps and an evaluation, from the repository root: what a new lock must pass.
+smoke: install
+	$(PY) -m qlora_lab.train train.max_steps=2 hydra.run.dir=multirun/smoke/$$(date +%s)
+
+# The suite on the newest versions the ranges allow, in a venv of its own (.venv-newest): drift
+# seen before a user sees it. Not in CI's path. torch stays the CPU build on this machine's disk.
+NEWEST := .venv-newest
+test-newest: | $(UV)
+	rm -rf $(NEWEST)
+	$(PYTHON) -m venv $(NEWEST)
+	$(UV) pip install -q --python $(NEWEST)/bin/python $(FIND_LINKS) -c install/torch-cpu.txt --upgrade -e '.[dev]'
+	$(NEWEST)/bin/python -m pip check
+	$(NEWEST)/bin/python -m pip freeze --exclude-editable > $(NEWEST)/freeze.txt
+	@echo "make test-newest: the versions that differ from the lock (< lock, > newest):"
+	-diff <(grep -E '^[A-Za-z0-9].*==' requirements-lock.txt | sort -f) <(sort -f $(NEWEST)/freeze.txt) | grep '^[<>]'
+	$(NEWEST)/bin/python -m pytest $(PYTEST_ARGS)
 
 # The main job on its embedded defaults: nf4, fp4 x LoRA on all / qv layers of `tiny`.
 demo: install
@@ -38,8 +97,9 @@ adapters-study: install
 
 # Two workers, a test file each at a time (a file's fixtures stay in one process), one torch
 # thread each: the suite is half waiting (imports, subprocesses, SLURM), so they overlap.
+PYTEST_ARGS := -q -n 2 --dist loadfile tests
 test: install
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install
 	$(PY) benchmarks/train_throughput.py --steps 30 --repeats 3

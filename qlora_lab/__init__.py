@@ -9,14 +9,16 @@ __version__ = "0.1.0"
 
 
 class _NoHubKernelsPackage(logging.Filter):
-    """bitsandbytes (on AVX512-BF16 CPUs) probes `import kernels` for the Hugging Face kernels
-    hub package and warns when it is missing; from the repository root our own `kernels/`
-    folder answers the probe and the warning names it. The hub package is optional: say
-    nothing when it is absent; a real failure of an installed one is still logged."""
+    """bitsandbytes (on AVX512-BF16 CPUs) fetches a CPU kernel from the Hugging Face hub through
+    the `kernels` package at import, and warns when it cannot: the package is missing (an older
+    transformers does not bring it), or the hub is offline (HF_HUB_OFFLINE=1: runs download
+    nothing). bitsandbytes' own CPU path runs then; say nothing. A real failure of a kernel that
+    was fetched is still logged."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        absent = record.args and isinstance(record.args[0], (ImportError, AttributeError))
-        return not (str(record.msg).startswith("Failed to load CPU gemm_4bit_forward") and absent)
+        err = record.args[0] if record.args else None
+        unreachable = isinstance(err, (ImportError, AttributeError)) or "offline mode" in str(err)
+        return not (str(record.msg).startswith("Failed to load CPU gemm_4bit_forward") and unreachable)
 
 
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_NoHubKernelsPackage())

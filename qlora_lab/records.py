@@ -89,6 +89,16 @@ def read_record(path: Path) -> Record:
     return Record(**{k: v for k, v in data.items() if k in known})
 
 
+# What a result depends on beyond its config: a relaunch that reuses a record made with other
+# versions says so, and a report that mixes them names which (`transformers 4.57.3: 3 runs`).
+VERSION_KEYS = ("torch", "transformers", "peft", "bitsandbytes", "git_sha")
+
+
+def versions(env: dict) -> dict:
+    """The versions a record was made with, out of its `env` (None where it holds none)."""
+    return {key: env.get(key) for key in VERSION_KEYS}
+
+
 def environment(device: str) -> dict:
     """What produced the numbers: library versions, device, the code's git commit."""
     versions = {}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from conftest import REPO
 
-PACKAGES = {"qlora_lab": REPO / "qlora_lab", "qlora_kernels": REPO / "kernels", "qlora_analysis": REPO / "analysis"}
+PACKAGES = {"qlora_lab": REPO / "qlora_lab", "qlora_kernels": REPO / "kernels" / "qlora_kernels", "qlora_analysis": REPO / "analysis" / "qlora_analysis"}
 RUN_SIDE = ("qlora_lab.run", "qlora_lab.fit", "qlora_lab.records", "qlora_lab.config", "qlora_lab.model",
             "qlora_lab.data", "qlora_lab.evaluate", "qlora_lab.measure")
 LAUNCH_SIDE = ("qlora_lab.launch", "qlora_lab.sweep", "qlora_lab.train")

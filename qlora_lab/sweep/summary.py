@@ -13,7 +13,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from qlora_lab.records import RECORD_NAME, Record, read_record
+from qlora_lab.records import RECORD_NAME, Record, environment, read_record, versions
 
 LAUNCH_ENV = "QLORA_LAB_LAUNCH"  # set by the launching process; every job's process inherits it
 LAUNCH_STAMPS = ".launches"  # one line per launch that ran (or reused) a run folder
@@ -96,7 +96,9 @@ def _report(run_dirs: list[Path]) -> None:
     records = [(d, read_record(d / RECORD_NAME) if (d / RECORD_NAME).exists() else None) for d in run_dirs]
     _launch["failed"] = [str(d) for d, r in records if r is None or r.status != "ok"]
     reused = {str(d) for d, _ in records if _reused_here(d)}
-    lines = summary_lines(records, reused=reused)
+    now = versions(environment(device="")) if reused else {}
+    other = {str(d) for d, r in records if str(d) in reused and r is not None and versions(r.env) != now}
+    lines = summary_lines(records, reused=reused, other_versions=other)
     if _launch["folder"] is not None:  # before the count line, which stays last
         lines.insert(-1, f"{'sweep' if _launch['multirun'] else 'run'} folder: {_launch['folder']}")
     for line in lines:
@@ -107,8 +109,11 @@ def _num(value: Any, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def summary_lines(records: list[tuple[Path, Record | None]], reused: set[str] = frozenset()) -> list[str]:
-    """A table a person reads and `awk` parses: one row per run, then failures in full."""
+def summary_lines(records: list[tuple[Path, Record | None]], reused: set[str] = frozenset(),
+                  other_versions: set[str] = frozenset()) -> list[str]:
+    """A table a person reads and `awk` parses: one row per run, then failures in full. The count
+    line says how many ok runs were reused, and how many of those were made with other versions
+    of torch, transformers, peft, bitsandbytes or qlora-lab's commit than this launch runs."""
     header = ("run", "status", "loss_first", "loss_last", "eval_loss", "bits/param", "tokens/s", "overrides")
     rows = [header]
     for run_dir, rec in records:
@@ -125,6 +130,8 @@ def summary_lines(records: list[tuple[Path, Record | None]], reused: set[str] = 
     for run_dir, rec in failed:
         lines.append(f"FAILED {run_dir}: {rec.error if rec else 'no record written'}")
     ok = len(records) - len(failed)
-    n_reused = sum(1 for d, r in records if r is not None and r.status == "ok" and str(d) in reused)
-    lines.append(f"{len(records)} runs: {ok} ok{f' ({n_reused} reused)' if n_reused else ''}, {len(failed)} failed")
+    reused_ok = {str(d) for d, r in records if r is not None and r.status == "ok" and str(d) in reused}
+    n_other = len(reused_ok & set(other_versions))
+    said = f" ({len(reused_ok)} reused{f', {n_other} made with other versions' if n_other else ''})" if reused_ok else ""
+    lines.append(f"{len(records)} runs: {ok} ok{said}, {len(failed)} failed")
     return lines

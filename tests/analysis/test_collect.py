@@ -58,3 +58,26 @@ def test_a_corrupt_record_is_left_out_with_its_reason_and_the_rest_counted(tmp_p
     assert reason.run_dir == str(tmp_path / "s" / "1") and reason.reason.startswith("corrupt record: not JSON")
     with pytest.raises(RecordSchemaError, match=r"record.json: not JSON"):
         collect(tmp_path / "s", strict=True)
+
+
+def test_a_report_that_mixes_versions_names_each_with_its_runs(tmp_path: Path):
+    """Records made with other library versions or another commit of ours: the report says which
+    differ and how many runs each, as the records hold the versions."""
+    import json
+
+    from qlora_analysis.collect import version_mix
+    from qlora_analysis.report import build_report
+
+    for i, (dtype, transformers) in enumerate([("nf4", "5.25.0"), ("fp4", "5.25.0"), ("int4", "4.57.3")]):
+        write_run(tmp_path / "s" / str(i), {"dtype": dtype}, {"eval_loss": 2.0 + i})
+        path = tmp_path / "s" / str(i) / "record.json"
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps({**record, "env": {"torch": "2.13.0+cpu", "transformers": transformers,
+                                                      "peft": "0.21.2", "git_sha": f"{i % 2}" * 40}}))
+    runs = collect(tmp_path / "s")
+    assert version_mix(runs) == ["transformers 4.57.3 (1 run), transformers 5.25.0 (2 runs)",
+                                 f"qlora-lab commit {'0' * 12} (2 runs), qlora-lab commit {'1' * 12} (1 run)"]
+    report = (build_report([tmp_path / "s"], tmp_path / "report") and tmp_path / "report" / "report.md").read_text()
+    assert "different versions" in report and "transformers 4.57.3 (1 run)" in report
+    assert "torch" not in report.split("different versions")[1].split("\n\n")[1]  # the same everywhere: not named
+    assert version_mix(collect(tmp_path / "s" / "0")) == []

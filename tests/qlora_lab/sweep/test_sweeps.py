@@ -37,6 +37,11 @@ def test_smoke_sweep_relaunch_reuses_ok_runs_and_redoes_failed_ones(tmp_path):
     redone = records_under(sweep)["2"]
     assert redone["status"] == "ok" and redone["finished_at"] >= broken["finished_at"]
     assert redone["metrics"] == broken["metrics"]  # the same seed gives the same numbers
+    for job, env in (("0", {"transformers": "4.57.3"}), ("1", {"git_sha": "0" * 40})):  # made elsewhere
+        old = json.loads((sweep / job / "record.json").read_text())
+        (sweep / job / "record.json").write_text(json.dumps({**old, "env": {**old["env"], **env}}))
+    fourth = run_cli("-m", "+sweep=smoke", *FAST, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert fourth.stdout.strip().splitlines()[-1] == "4 runs: 4 ok (4 reused, 2 made with other versions), 0 failed"
 
 
 def test_two_launches_at_once_train_each_run_once(tmp_path):

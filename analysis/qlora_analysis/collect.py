@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from qlora_lab.records import RECORD_NAME, SCHEMA
+from qlora_lab.records import RECORD_NAME, SCHEMA, versions
 
 # Axes every study slices by, as config paths (a group's name for a group); swept overrides
 # add their own keys beside these.
@@ -178,6 +178,8 @@ def _row(record: dict, run_dir: str) -> dict:
     if record.get("rehearsal"):  # and what its model asked for
         for name in ("gpus", "cpus", "mem_gb"):
             row[f"resources.{name}_asked"] = config_value(config, f"model.resources.{name}")
+    for name, value in versions(record.get("env", {})).items():  # what the report checks for a mix
+        row[f"env.{name}"] = value
     row["judged_as"] = ",".join(record.get("overrides", []))  # the name judging gives the run (no --label)
     row["train_s"] = timing.get("train_s")
     row["tokens_per_s"] = timing.get("tokens_per_s")
@@ -222,6 +224,19 @@ def adapter_label(row: dict) -> str:
     if row.get("lora.rslora") is True:
         label += "+rsLoRA"
     return label
+
+
+def version_mix(runs: pd.DataFrame) -> list[str]:
+    """One line per version key on which the counted runs differ, each version named as the
+    records hold it with its count of runs: `transformers 4.57.3 (3 runs), transformers 5.25.0 (7 runs)`."""
+    lines = []
+    for column in [c for c in runs.columns if c.startswith("env.")] if not runs.empty else []:
+        counts = runs[column].fillna("unknown").astype(str).value_counts(sort=False).sort_index()
+        if len(counts) > 1:
+            name = "qlora-lab commit" if column == "env.git_sha" else column[len("env."):]
+            lines.append(", ".join(f"{name} {value[:12] if column == 'env.git_sha' else value} "
+                                   f"({n} run{'s' * (n != 1)})" for value, n in counts.items()))
+    return lines
 
 
 def plain_lora(runs):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from qlora_analysis.collect import collect, left_out, read_judgments
+from qlora_analysis.collect import collect, left_out, read_judgments, version_mix
 from qlora_analysis.plots import all_plots
 from qlora_analysis.tables import Table, all_tables
 
@@ -78,6 +78,10 @@ def write_report(report: Report, dirs: list, out: Path) -> Path:
         t.write(out / "tables")
     lines = ["# Sweep report", "", f"From {', '.join(_shown_dirs(dirs))}: {len(report.runs)} runs counted, "
              f"{len(report.left_out)} left out; {judgment_counts(report.judgments)}.", ""]
+    mixed = version_mix(report.runs)
+    if mixed:
+        lines += ["**These runs were made with different versions**, so a difference between them may come from "
+                  "the code rather than the config:", ""] + [f"- {line}" for line in mixed] + [""]
     if not report.tables:
         lines += ["No table of the paper is supported by these runs.", ""]
     if not report.judgments.empty and not any(t.name == "elo" for t in report.tables):
