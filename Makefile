@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 SHELL := /bin/bash
-.PHONY: install lock smoke test-newest demo test bench clean slurm-up slurm-down micro-study adapters-study
+.PHONY: install lock smoke test-newest demo test gpu-check bench clean slurm-up slurm-down micro-study adapters-study
 
 # The lock is the only source of versions: requirements-lock.txt pins every package, direct and
 # transitive (pip-tools' pip-compile, `make lock`), torch as the CPU build on this machine's disk;
@@ -100,6 +100,13 @@ adapters-study: install
 PYTEST_ARGS := -q -n 2 --dist loadfile tests
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# One prepared command that proves the GPU path on a lent GPU (10 minutes at most on an H100/H200):
+# codecs bit for bit, decode speed, QLoRA training, the memory estimate, a sweep; one table and
+# multirun/gpu-check/gpu_check.json. Without CUDA it runs the codecs under Triton's interpreter
+# and says `skipped` for the rest.
+gpu-check: install
+	$(PY) benchmarks/gpu_check.py
 
 bench: install
 	$(PY) benchmarks/train_throughput.py --steps 30 --repeats 3

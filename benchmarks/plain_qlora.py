@@ -21,7 +21,7 @@ def main(model_dir: str, examples_path: str, out_dir: str, max_steps: int, compu
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=dtype)
     model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=quant, dtype=dtype,
-                                                 device_map="cpu")
+                                                 device_map="cuda" if torch.cuda.is_available() else "cpu")
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
                                             gradient_checkpointing_kwargs={"use_reentrant": False})
     torch.manual_seed(0)
@@ -47,7 +47,8 @@ def main(model_dir: str, examples_path: str, out_dir: str, max_steps: int, compu
     args = TrainingArguments(output_dir=out_dir, max_steps=max_steps, per_device_train_batch_size=4,
                              learning_rate=2e-4, lr_scheduler_type="constant_with_warmup", warmup_steps=0.03,
                              max_grad_norm=0.3, optim="paged_adamw_32bit", gradient_checkpointing=True,
-                             gradient_checkpointing_kwargs={"use_reentrant": False}, bf16=compute == "bf16", use_cpu=True,
+                             gradient_checkpointing_kwargs={"use_reentrant": False}, bf16=compute == "bf16",
+                             use_cpu=not torch.cuda.is_available(),
                              save_strategy="no", logging_steps=1, seed=0, data_seed=0, report_to=[],
                              remove_unused_columns=False, include_num_input_tokens_seen="non_padding")
     trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collate,

@@ -3,7 +3,6 @@ history. What the run measures while training lives in qlora_lab.measure."""
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,35 +11,34 @@ import torch
 
 from qlora_lab.config import TrainConfig
 from qlora_lab.data.tokens import PadCollator
+from qlora_lab.stop_signals import STOP_SEEN, Stopped, signal_seen
 
 
-SIGINT_SEEN = threading.Event()  # set by the run's SIGINT handler; cleared when a run starts
+class Diverged(RuntimeError):
+    """A non-finite loss or gradient norm: the run fails at that step instead of training on
+    NaN weights and recording `ok` (the record's error is this message as it is)."""
 
 
-def interrupt_callback():
-    """A Trainer callback that raises KeyboardInterrupt at the next step's end once a SIGINT
-    was seen: the handler's own KeyboardInterrupt can land where a library swallows it (a
-    garbage-collector callback, a finalizer), and the run would then train on with later
-    SIGINTs ignored."""
+def training_guards():
+    """Trainer callbacks: stop at the step's end once a stop signal was seen (the handler's own
+    KeyboardInterrupt can land where a library swallows it, and the run would train on), and
+    fail at the first logged step whose loss or gradient norm is not finite."""
+    import math
+
     from transformers import TrainerCallback
 
-    class StopOnSigint(TrainerCallback):
+    class Guards(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            if SIGINT_SEEN.is_set():
+            if STOP_SEEN.is_set():
                 raise KeyboardInterrupt
 
-    return StopOnSigint()
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            for key, name in (("loss", "loss"), ("grad_norm", "gradient norm")):
+                value = (logs or {}).get(key)
+                if isinstance(value, (int, float)) and not math.isfinite(value):
+                    raise Diverged(f"diverged: non-finite {name} at step {state.global_step}")
 
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C (SIGINT) while training, with the optimizer step reached: the record says where."""
-
-    def __init__(self, step: int):
-        super().__init__(f"interrupted (SIGINT) at step {step}")
-        self.step = step
-
-    def __reduce__(self):  # a warm-started run sends it to its job
-        return Interrupted, (self.step,)
+    return Guards()
 
 
 @dataclass
@@ -87,6 +85,7 @@ def training_arguments(cfg: TrainConfig, compute_dtype: str, out_dir: Path, run_
         save_strategy="steps" if cfg.save_steps else "no",
         save_steps=cfg.save_steps or UNUSED_SAVE_STEPS,
         logging_steps=1,
+        logging_nan_inf_filter=False,  # a NaN loss is logged as NaN (the filter logged 0.0), and the run fails
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to=[] if cfg.report_to == "none" else [cfg.report_to],
@@ -111,14 +110,14 @@ def fit(model, tokenizer, examples: list[dict], cfg: TrainConfig, compute_dtype:
     first_step, peak = training_callbacks(cfg.cpu_tensor_peak)
     trainer = Trainer(model=model, args=args, train_dataset=examples,
                       data_collator=PadCollator(tokenizer.pad_token_id),
-                      callbacks=[first_step, peak, interrupt_callback()])
+                      callbacks=[first_step, peak, training_guards()])
     resume = resume_point(out_dir, cfg.max_steps)
     tokens_before = _tokens_seen(resume)
     start = time.perf_counter()  # train_s: inside Trainer.train only, as a plain script times it
     try:
         trainer.train(resume_from_checkpoint=resume)
     except KeyboardInterrupt:
-        raise Interrupted(trainer.state.global_step) from None
+        raise Stopped(signal_seen(), trainer.state.global_step) from None
     finally:
         peak.close()
     train_s = time.perf_counter() - start - peak.measure_s

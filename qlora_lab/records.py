@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import platform
 import subprocess
 from dataclasses import dataclass, field
@@ -40,10 +41,28 @@ class Record:
     finished_at: str | None = None
     rehearsal: bool = False  # train.rehearsal: the job's config and resources proved, no model work, no metrics
     resources: dict = field(default_factory=dict)  # what the job was given: gpus_seen, cpus_seen, mem_gb_seen, ...
+    not_finite: dict = field(default_factory=dict)  # a value written as null because it was NaN or infinite: path -> what
     schema: int = SCHEMA
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False, default=str) + "\n"
+        """Strict JSON: a NaN or infinite number is written as null, and `not_finite` says which
+        value it was (`{"metrics.eval_loss": "NaN"}`); strict parsers refuse NaN."""
+        found: dict = {}
+        data = _finite(dataclasses.asdict(self), "", found)
+        data["not_finite"] = {**(self.not_finite or {}), **found}
+        return json.dumps(data, indent=2, sort_keys=False, default=str, allow_nan=False) + "\n"
+
+
+def _finite(value, path: str, found: dict):
+    """The value with every non-finite float replaced by None, each one noted in `found`."""
+    if isinstance(value, float) and not math.isfinite(value):
+        found[path] = "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v, f"{path}.{k}" if path else str(k), found) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v, f"{path}[{i}]", found) for i, v in enumerate(value)]
+    return value
 
 
 # Keys added to a group after records were written, with the default that computes what runs
@@ -63,6 +82,27 @@ def run_id(config: dict) -> str:
                                         if k not in defaults or v != defaults[k]}}
     canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def paper_name(dtype: str) -> str:
+    """A data type's name as the paper writes it, by rule rather than a copied list: nf4 -> NF4,
+    fp4_e3m0 -> FP4-E3M0, int4 -> Int4, bf16 -> BF16, int4_affine -> Int4-affine (a part without
+    digits is a word, kept in lower case)."""
+    parts = [part if part.isalpha() and i else part.upper() for i, part in enumerate(dtype.split("_"))]
+    label = "-".join(parts)
+    return "Int" + label[3:] if label.startswith("INT") else label
+
+
+def run_label(config: dict) -> str:
+    """A run as a person names it on a dashboard: `NF4+DQ · all · r64 · seed 0`; an eval-only run
+    of the quantized base `NF4+DQ · PTQ`; full fine-tuning `BF16 full · seed 0`."""
+    dtype, lora, train = config.get("dtype", {}), config.get("lora", {}), config.get("train", {})
+    label = paper_name(str(dtype.get("name", "?"))) + ("+DQ" if dtype.get("double_quant") is True else "")
+    if train.get("max_steps") == 0:
+        return f"{label} · PTQ"
+    if lora.get("enabled") is False:
+        return f"{label} full · seed {train.get('seed')}"
+    return f"{label} · {lora.get('targets', '?')} · r{lora.get('r', '?')} · seed {train.get('seed')}"
 
 
 def utc_now() -> str:

@@ -19,6 +19,7 @@ from qlora_lab.cache import file_lock
 from qlora_lab.config import ConfigError, RunConfig, run_config
 from qlora_lab.measure import peak_gpu_mb, peak_rss_mb, reset_peak_gpu, reset_peak_rss
 from qlora_lab.records import Record, environment, run_id, utc_now, write_record
+from qlora_lab.stop_signals import Stopped, catch_stop_signals, signal_seen
 
 log = logging.getLogger("qlora_lab")
 
@@ -123,7 +124,7 @@ class Measured:
 
 def _run(config: RunConfig, run_dir: Path, overrides: list[str]) -> Record:
     _RUNS_IN_PROCESS["n"] += 1
-    _first_sigint_only()
+    catch_stop_signals()
     (run_dir / "traceback.txt").unlink(missing_ok=True)  # a rerun's folder holds only its own failure
     started_at, start, measured = utc_now(), time.perf_counter(), Measured()
     status, error = "failed", None
@@ -133,11 +134,11 @@ def _run(config: RunConfig, run_dir: Path, overrides: list[str]) -> Record:
         _train_and_evaluate(config, run_dir, overrides, start, measured)
         status = "ok"
     except Exception as err:  # the record says what failed; the sweep goes on
-        error = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        error = _error_line(err)
         (run_dir / "traceback.txt").write_text(traceback.format_exc())
         log.error("run %s failed: %s", run_dir, error)
-    except KeyboardInterrupt as err:  # Ctrl-C: the record says where; the launch stops (exit 130)
-        error = str(err) if str(err).startswith("interrupted") else "interrupted (SIGINT) at step 0"
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: the record says where; the launch stops (130, 143)
+        error = str(err) if isinstance(err, Stopped) else str(Stopped(signal_seen(), 0))
         log.error("run %s: %s", run_dir, error)
         raise
     finally:
@@ -147,8 +148,16 @@ def _run(config: RunConfig, run_dir: Path, overrides: list[str]) -> Record:
                         config=config.to_dict(), started_at=started_at, finished_at=utc_now(),
                         **dataclasses.asdict(measured))  # the record, built here and only here
         write_record(run_dir, record)
-        _finish_wandb()
+        _finish_wandb(record)
     return record
+
+
+def _error_line(err: Exception) -> str:
+    """The record's one line: the exception's type and first line; a divergence's own words."""
+    from qlora_lab.fit import Diverged
+
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return first if isinstance(err, Diverged) else f"{type(err).__name__}: {first}"
 
 
 def _rehearsal_estimate(config: RunConfig) -> dict | None:
@@ -160,27 +169,6 @@ def _rehearsal_estimate(config: RunConfig) -> dict | None:
         return estimate_memory(config, compute).to_dict()
     except ValueError:
         return None
-
-
-def _first_sigint_only() -> None:
-    """Ctrl-C raises KeyboardInterrupt once; later SIGINTs (a second Ctrl-C, a launcher
-    forwarding the first to its job's run) are ignored, so they cannot cut the record short."""
-    import signal
-    import threading
-
-    from qlora_lab.fit import SIGINT_SEEN
-
-    SIGINT_SEEN.clear()
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def interrupt(signum, frame):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        SIGINT_SEEN.set()  # should this KeyboardInterrupt be swallowed, the training stops at its next step
-        raise KeyboardInterrupt
-
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, interrupt)
 
 
 def _train_and_evaluate(config: RunConfig, run_dir: Path, overrides: list[str], start: float,
@@ -219,7 +207,9 @@ def _train_and_evaluate(config: RunConfig, run_dir: Path, overrides: list[str], 
         trained = _train(config, built, encode(splits.train), run_dir, overrides, start)
         measured.add(**trained.sections)
         if trained.bad_step is not None:
-            raise FloatingPointError(f"training loss is not finite from step {trained.bad_step}")
+            from qlora_lab.fit import Diverged
+
+            raise Diverged(f"diverged: non-finite loss at step {trained.bad_step}")
         built.model.save_pretrained(adapter_dir(run_dir) if config.lora.enabled else full_model_dir(run_dir))
     eval_start = time.perf_counter()
     measured.add(metrics=_measure(config, built, [e for e in evaluations if e not in before], inputs))
@@ -258,9 +248,11 @@ def _train(config: RunConfig, built, examples: list[dict], run_dir: Path, overri
            start: float) -> Trained:
     from qlora_lab.fit import fit, window_mean
 
-    run_name = ",".join(overrides) or "defaults"
+    from qlora_lab.records import run_label
+
+    run_name = run_label(config.to_dict())
     if config.train.report_to == "wandb":
-        _start_wandb(run_dir, run_name, config)
+        _start_wandb(run_dir, overrides, config)
     fit_start = time.perf_counter()
     result = fit(built.model, built.tokenizer, examples, config.train, config.dtype.compute_dtype, run_dir,
                  run_name=run_name)
@@ -293,24 +285,54 @@ def _memory_estimate(config: RunConfig) -> dict | None:
         return None
 
 
-def _start_wandb(run_dir: Path, run_name: str, config: RunConfig) -> None:
-    """One wandb run per run folder, offline unless WANDB_MODE says otherwise.
+def _start_wandb(run_dir: Path, overrides: list[str], config: RunConfig) -> None:
+    """One wandb run per run folder, offline unless WANDB_MODE says otherwise: named as a person
+    names the run, grouped by its sweep folder, tagged with its overrides.
 
     Opened here rather than by the Trainer's callback: wandb reads WANDB_DIR once per process,
     so in an in-process sweep every later run would log into the first run's folder.
     """
     import wandb
 
-    wandb.init(dir=str(run_dir), project=os.environ.get("WANDB_PROJECT", "qlora-lab"), name=run_name,
-               config={**config.to_dict(), "run_id": run_id(config.to_dict())}, mode=os.environ.get("WANDB_MODE", "offline"),
-               reinit="finish_previous",
+    from qlora_lab.records import run_label
+
+    as_dict = config.to_dict()
+    wandb.init(dir=str(run_dir), project=os.environ.get("WANDB_PROJECT", "qlora-lab"), name=run_label(as_dict),
+               group=run_dir.parent.name, job_type="eval" if config.train.max_steps == 0 else "finetune",
+               tags=wandb_tags(overrides), config={**as_dict, "run_id": run_id(as_dict)},
+               mode=os.environ.get("WANDB_MODE", "offline"), reinit="finish_previous",
                settings=wandb.Settings(quiet=True))  # its history block stays in the run's files, not the console
 
 
-def _finish_wandb() -> None:
-    """Trainer's wandb callback opens a run and leaves it open; the next run must get its own."""
+def wandb_tags(overrides: list[str]) -> list[str]:
+    """The run's overrides as tags (`dtype=nf4`); a path as its file name (no machine's absolute
+    paths on a dashboard), at most wandb's 64 characters."""
+    tags = []
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key.startswith("hydra"):
+            continue
+        if "/" in value:
+            value = Path(value).name
+        tags.append(f"{key}={value}"[:64])
+    return tags
+
+
+def record_summary(record: Record) -> dict:
+    """Every number the record holds at the end, under its record name: the metrics, the stored
+    bits, the memory peaks, the speed; with the run's status."""
+    numbers = {**record.metrics, **record.model, **record.memory, **record.timing}
+    summary = {k: v for k, v in numbers.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    return {**summary, "status": record.status, **({"error": record.error} if record.error else {})}
+
+
+def _finish_wandb(record: Record) -> None:
+    """The record's numbers into the run's summary, then the run closed (the Trainer's wandb
+    callback leaves it open; the next run must get its own)."""
     import sys
 
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.run.summary.update(record_summary(record))
         wandb.finish()

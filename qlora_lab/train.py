@@ -1,7 +1,8 @@
 """`python -m qlora_lab.train [-m] [overrides]`: compose, check, run, record.
 
 The overrides are checked before anything runs (one line per problem, exit 2); each run
-leaves `record.json`; the command exits 1 when any run of the launch failed.
+leaves `record.json`; the command exits 1 when any run of the launch failed, 130 after Ctrl-C,
+143 after SIGTERM.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ def main() -> None:
     from qlora_lab.sweep.compose import batch_checked_once_per_composition, shared_config_files
     from qlora_lab.sweep.files import register_sweep_files
     from qlora_lab.sweep.preflight import check_command_line
+    from qlora_lab.stop_signals import catch_stop_signals, exit_status, signal_seen
 
+    catch_stop_signals()  # SIGTERM before or between runs: the summary and 143, as after Ctrl-C
     register_sweep_files()
     register()
     with shared_config_files():  # the check composes each distinct run once, from files parsed once
@@ -49,10 +52,12 @@ def main() -> None:
     try:
         with shared_config_files(), batch_checked_once_per_composition(CONF_DIR):
             task()
-    except KeyboardInterrupt:  # Ctrl-C: each run's record says where it stopped; no traceback
-        print("interrupted (SIGINT): the runs so far", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: each run's record says where it stopped; no traceback
+        name = signal_seen()
+        print(f"{'interrupted' if name == 'SIGINT' else 'terminated'} ({name}): the runs so far", file=sys.stderr,
+              flush=True)
         sweep_summary.report_interrupted()
-        sys.exit(130)
+        sys.exit(exit_status())
     sys.exit(sweep_summary.exit_code())
 
 

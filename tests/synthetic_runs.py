@@ -19,7 +19,8 @@ DEFAULT_CONFIG = {
 
 
 def write_run(run_dir: Path, overrides: dict, metrics: dict, status: str = "ok", n_params: int = 4_000_000,
-              bits: float = 4.127, schema: int | None = None, peak_mb: float = 100.0, train_s: float = 10.0) -> Record:
+              bits: float = 4.127, schema: int | None = None, peak_mb: float = 100.0, train_s: float = 10.0,
+              rehearsal: bool = False) -> Record:
     """One run folder: `overrides` are config paths (dtype -> dtype.name) and become both the
     record's overrides and its config."""
     config = json.loads(json.dumps(DEFAULT_CONFIG))
@@ -32,7 +33,8 @@ def write_run(run_dir: Path, overrides: dict, metrics: dict, status: str = "ok",
     record = Record(run_id=run_id(config), status=status, config=config,
                     overrides=[f"{k}={v}" for k, v in overrides.items()], metrics=metrics,
                     model={"n_params": n_params, "bits_per_param": bits, "total_bits": int(n_params * bits)}, timing={"train_s": train_s},
-                    memory={"peak_tensor_mb": peak_mb}, error=None if status == "ok" else "ValueError: boom")
+                    memory={"peak_tensor_mb": peak_mb}, error=None if status == "ok" else "ValueError: boom",
+                    rehearsal=rehearsal)
     if schema is not None:
         record.schema = schema
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from qlora_lab.records import RECORD_NAME, SCHEMA, versions
+from qlora_lab.records import RECORD_NAME, SCHEMA, paper_name, versions  # noqa: F401  (paper_name: re-exported)
 
 # Axes every study slices by, as config paths (a group's name for a group); swept overrides
 # add their own keys beside these.
@@ -249,15 +249,6 @@ def plain_lora(runs):
 
 def _missing(value) -> bool:
     return isinstance(value, float) and value != value  # NaN
-
-
-def paper_name(dtype: str) -> str:
-    """A data type's name as the paper writes it, by rule rather than a copied list: nf4 -> NF4,
-    fp4_e3m0 -> FP4-E3M0, int4 -> Int4, bf16 -> BF16, int4_affine -> Int4-affine (a part without
-    digits is a word, kept in lower case)."""
-    parts = [part if part.isalpha() and i else part.upper() for i, part in enumerate(dtype.split("_"))]
-    label = "-".join(parts)
-    return "Int" + label[3:] if label.startswith("INT") else label
 
 
 def dtype_label(row: dict) -> str:

@@ -45,7 +45,7 @@ def metric_vs_bits(runs: pd.DataFrame, out: Path) -> Path | None:
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(FixedLocator(bits))
     ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xticks(bits, [_bits_label(b) for b in bits], rotation=30, ha="right", fontsize=8)
+    ax.set_xticks(bits, bits_labels(bits), rotation=30, ha="right", fontsize=8)
     ax.set_xlabel("total model bits (every bit the base stores)")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} vs total model bits (error bars: 95% interval over seeds)")
@@ -60,11 +60,21 @@ def series_by_config(runs: pd.DataFrame, metric: str) -> dict[str, list[tuple[fl
             for label, group in runs.groupby("config")}
 
 
-def _bits_label(bits: float) -> str:
+def bits_labels(bits: list[float]) -> list[str]:
+    """[30067712, 30100480] -> ["30.07 Mbit", "30.10 Mbit"]: one decimal, or as many more as it
+    takes for different bit counts to get different labels (two ticks read "46.9 Mbit" once)."""
+    for digits in range(1, 7):
+        labels = [_bits_label(b, digits) for b in bits]
+        if len(set(labels)) == len(set(bits)):
+            return labels
+    return [f"{b:.0f} bit" for b in bits]
+
+
+def _bits_label(bits: float, digits: int = 1) -> str:
     """30067712 -> "30.1 Mbit" (3.8 MB)."""
     for unit, size in (("Gbit", 1e9), ("Mbit", 1e6), ("kbit", 1e3)):
         if bits >= size:
-            return f"{bits / size:.1f} {unit}"
+            return f"{bits / size:.{digits}f} {unit}"
     return f"{bits:.0f} bit"
 
 
@@ -107,7 +117,9 @@ def elo_intervals(elo: pd.DataFrame | None, out: Path) -> Path | None:
     ax.set_yticks(range(len(ordered)), ordered["model"], fontsize=8)
     ax.axvline(1000, color="grey", linewidth=0.8, linestyle=":")
     ax.set_xlabel("Elo (K=32, initial 1000; 95% interval over 10,000 orderings)")
-    ax.set_title("Elo ratings")
+    all_ties = bool((ordered["elo"].round(6) == 1000).all())  # what the table beside it says too
+    ax.set_title("Elo ratings: every verdict was a tie, so every rating stays 1000" if all_ties else "Elo ratings",
+                 fontsize=9 if all_ties else None)
     return _save(fig, out / "elo.png")
 
 
@@ -117,22 +129,19 @@ def pareto(runs: pd.DataFrame, cost: str, out: Path) -> Path | None:
     if metric is None or cost not in runs or runs[cost].dropna().empty:
         return None
     have = runs.dropna(subset=[metric, cost]).sort_values([cost, metric], ascending=[True, metric in LOWER_IS_BETTER])
-    better = (lambda a, b: a < b) if metric in LOWER_IS_BETTER else (lambda a, b: a > b)
-    front, best = [], None
-    for _, row in have.iterrows():
-        if best is None or better(row[metric], best):
-            front.append(row)
-            best = row[metric]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, group in have.groupby("dtype_label"):
+    values = have[metric] if metric in LOWER_IS_BETTER else -have[metric]  # lower is better from here on
+    best_before = values.cummin().shift()  # arrays, not rows: 10,000 runs in milliseconds
+    front = have[best_before.isna() | (values < best_before)]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    by = "config" if have["config"].nunique() <= MAX_ROWS else "dtype_label"  # runs that differ in targets differ in colour
+    for label, group in have.groupby(by):
         ax.scatter(group[cost], group[metric], label=label, s=22)
-    front = pd.DataFrame(front)
     ax.step(front[cost], front[metric], where="post", color="black", linewidth=1, label="Pareto front")
     ax.scatter(front[cost], front[metric], s=70, facecolors="none", edgecolors="black", zorder=3)
     ax.set_xlabel({"peak_memory_mb": "peak memory (MB)", "train_s": "training time (s)"}.get(cost, cost))
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} vs {ax.get_xlabel()}")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, ncol=2 if have[by].nunique() > 8 else 1)
     return _save(fig, out / f"pareto_{cost}.png")
 
 

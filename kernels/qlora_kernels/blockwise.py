@@ -94,7 +94,7 @@ def dequantize(state: QuantState, dtype: torch.dtype | None = None, out: torch.T
         raise ValueError(f"out must be a contiguous {dtype} tensor of shape {tuple(state.shape)}, not "
                          f"{out.dtype} {tuple(out.shape)}")
     n, bs = state.numel, state.blocksize
-    if native.triton_available() and state.packed.is_cuda and state.codebook.bits == 4 and not state.codebook.affine:
+    if native.triton_available() and state.packed.is_cuda and state.codebook.bits == 4:
         from qlora_kernels.triton_dequant import dequantize_4bit_triton
 
         values = dequantize_4bit_triton(state, dtype)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from qlora_lab.config import DatasetConfig
 from qlora_lab.data.formats import FORMATS
-from qlora_lab.data.rows import DataError, read_json_rows
+from qlora_lab.data.rows import DataError, read_json_rows, read_text_file
 
 
 @dataclass
@@ -104,6 +104,9 @@ def _raw_rows(cfg: DatasetConfig) -> tuple[list[dict], str, tuple[str, list[dict
         digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
         if path.suffix in (".csv", ".parquet"):
             import datasets
+
+            if path.suffix == ".csv":
+                read_text_file(path)  # a binary file named .csv: one line naming it, not pyarrow's error
 
             table = datasets.load_dataset(path.suffix[1:], data_files=str(path), split="train")
             return list(table), digest, None

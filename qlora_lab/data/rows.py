@@ -23,9 +23,20 @@ def parse_jsonl(text: str, source) -> list:
     return rows
 
 
+def read_text_file(path: Path) -> str:
+    """The file as UTF-8 text; a binary file (an archive, a model, a Parquet file under another
+    name) is named with the first byte that is not text, not a bare UnicodeDecodeError."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not a text file (byte {err.start} is 0x{data[err.start]:02x}, not UTF-8); "
+                        f"dataset.path takes JSON, JSONL or CSV text, or a .parquet file") from None
+
+
 def read_json_rows(path: Path) -> list[dict]:
     """A JSON array of objects, or JSONL; a bad line is named by file and line number."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text_file(path)
     if path.suffix == ".json" and text.lstrip().startswith("["):
         try:
             rows = json.loads(text)

@@ -57,14 +57,26 @@ def _build_key(arch: Arch, pretrain: Pretrain, kind: str = "causal") -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def _say(message: str) -> None:
+    """A first build takes minutes: each phase says what it does, on stderr beside tqdm's bar."""
+    print(f"building the {message}", file=sys.stderr, flush=True)
+
+
 def _build(arch: Arch, pretrain: Pretrain, kind: str, out: Path, label: str) -> None:
+    import time
+
     import torch
 
     from qlora_lab.data.stdlib import pretrain_text
 
+    start = time.perf_counter()
     text = pretrain_text()
     spec = KINDS[kind]
+    _say(f"{label} base (once per machine, cached): a {arch.vocab_size}-token BPE tokenizer on "
+         f"{len(text) / 1e6:.1f} MB of the standard library's source")
     tokenizer = train_tokenizer(text, arch.vocab_size, kind)
+    _say(f"{label} base: tokenizer {time.perf_counter() - start:.0f} s; tokenizing the text, then "
+         f"{pretrain.steps} pretraining steps of {pretrain.batch_size} x {pretrain.seq_len} tokens")
     torch.manual_seed(pretrain.seed)
     model = spec.new_model(arch, tokenizer)
     def save(folder: Path) -> None:
@@ -78,6 +90,7 @@ def _build(arch: Arch, pretrain: Pretrain, kind: str, out: Path, label: str) -> 
         _pretrain(model, ids, pretrain, label, spec.pretrain_loss(tokenizer),
                   lambda step: save(checkpoint_dir(out, step)) if step in pretrain.checkpoints else None)
     save(out)
+    _say(f"{label} base: done in {time.perf_counter() - start:.0f} s")
 
 
 def _pretrain(model, ids, pretrain: Pretrain, label: str, objective, after_step) -> None:

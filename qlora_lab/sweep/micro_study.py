@@ -70,6 +70,10 @@ def main() -> None:
     args = parser.parse_args()
     timing_file = args.out / "timing.json"
     if args.report_only:  # the figures of the run that made the sweep folder, the report made again
+        problem = report_only_problem(args.sweep_dir, timing_file)
+        if problem:  # checked before anything is touched: the committed report stays as it is
+            print(f"error: --report-only: {problem}", file=sys.stderr)
+            sys.exit(2)
         write_report(args.sweep_dir, args.out, json.loads(timing_file.read_text())["phases_s"])
         return
     phases: dict[str, float] = {}
@@ -105,13 +109,38 @@ def main() -> None:
     write_report(args.sweep_dir, args.out, phases)
 
 
+def report_only_problem(sweep_dir: Path, timing_file: Path) -> str | None:
+    """What --report-only lacks, in one line; None when the sweep folder and timing are there."""
+    if not sweep_dir.is_dir():
+        return f"no sweep folder {sweep_dir} (run `make micro-study` first, or give --sweep-dir)"
+    if not timing_file.is_file():
+        return f"no {timing_file} (the timing of the run that made the sweep folder)"
+    try:
+        json.loads(timing_file.read_text())["phases_s"]
+    except (ValueError, KeyError) as err:
+        return f"{timing_file} is not the timing a micro-study wrote ({type(err).__name__}: {err})"
+    return None
+
+
 def write_report(sweep_dir: Path, out: Path, phases: dict[str, float]) -> None:
-    """The analysis into a fresh `out` (no file of an earlier report left behind), timed, and the
-    time split appended to its report.md and written to timing.json."""
-    for name in ("tables", "plots"):
-        shutil.rmtree(out / name, ignore_errors=True)
-    for name in ("report.md", "runs.csv", "timing.json"):
-        (out / name).unlink(missing_ok=True)
+    """The analysis, timed, into a new folder beside `out`, with the time split appended to its
+    report.md and written to timing.json; swapped in for `out` only when complete, so a failure
+    leaves the earlier report as it was (and no file of it is left in the new one)."""
+    building = out.with_name(out.name + ".new")
+    shutil.rmtree(building, ignore_errors=True)
+    write_complete_report(sweep_dir, building, phases)
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        building.rename(out)
+        shutil.rmtree(old)
+    else:
+        building.rename(out)
+    print(f"micro-study: report: {out / 'report.md'}")
+
+
+def write_complete_report(sweep_dir: Path, out: Path, phases: dict[str, float]) -> None:
     start = time.perf_counter()
     _run("-m", "qlora_analysis", str(sweep_dir), "--out", str(out))
     phases = {**phases, "analysis (qlora_analysis)": time.perf_counter() - start}
@@ -128,7 +157,7 @@ def write_report(sweep_dir: Path, out: Path, phases: dict[str, float]) -> None:
     report = out / "report.md"
     report.write_text(report.read_text() + "\n".join(lines))
     (out / "timing.json").write_text(json.dumps({"phases_s": phases, "total_s": total, **summed}, indent=2) + "\n")
-    print(f"micro-study: {total / 60:.1f} min; report: {report}")
+    print(f"micro-study: {total / 60:.1f} min", flush=True)
 
 
 if __name__ == "__main__":

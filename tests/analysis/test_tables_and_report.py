@@ -168,3 +168,75 @@ def test_metric_vs_bits_never_pools_configurations_into_one_error_bar(tmp_path: 
     assert set(series) == {"NF4+DQ · all · r64", "NF4+DQ · qv · r64"}
     [(bits, mean, half, n)] = series["NF4+DQ · all · r64"]
     assert mean == pytest.approx(2.005) and n == 2 and half < 0.1
+
+
+def _design_card_sweep(folder: Path, rouge: float = 0.0) -> None:
+    """`-m dtype=nf4,fp4,int4 lora.targets=all,qv`, 2 seeds: Int4 runs on the lab backend."""
+    i = 0
+    for dtype, loss in (("nf4", 2.0), ("fp4", 2.2), ("int4", 2.5)):
+        for targets in ("all", "qv"):
+            for seed in (0, 1):
+                write_run(folder / str(i), {"dtype": dtype, "dtype.backend": "lab" if dtype == "int4" else "bnb",
+                                            "lora.targets": targets, "train.seed": seed},
+                          {"eval_loss": loss + (0.1 if targets == "qv" else 0.0) + 0.01 * seed, "rougeL": rouge},
+                          bits=4.127 if dtype == "nf4" else 4.5)
+                i += 1
+
+
+def test_the_design_card_sweep_opens_with_its_grid_and_empty_tables_say_why(tmp_path: Path):
+    """The backend follows the data type, so it is folded into it: two axes, the grid of data
+    type x targets first; RougeL 0 everywhere after a few steps goes last, saying why."""
+    from qlora_analysis.tables.sweep_axes import swept_axes
+
+    _design_card_sweep(tmp_path / "s")
+    runs = collect(tmp_path / "s")
+    assert swept_axes(runs) == ["dtype_label", "lora.targets"]
+    tables = all_tables(runs, read_judgments(tmp_path / "s"))
+    assert tables[0].name == "sweep_grid"
+    assert list(tables[0].frame.columns) == ["all", "qv"] and len(tables[0].frame) == 3
+    silent = [t for t in tables if t.silent]
+    assert silent and all(t.silent for t in tables[len(tables) - len(silent):])  # the silent ones last
+    assert any("every cell is 0" in t.silent for t in silent)
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "qlora_analysis", str(tmp_path / "s"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = (out / "report.md").read_text()
+    first = report.split("### ")[1]
+    assert first.startswith("This sweep: eval loss by data type × LoRA targets")
+    header = next(line for line in first.splitlines() if line.startswith("|")).split("|")
+    assert [cell.strip() for cell in header[2:4]] == ["all", "qv"]  # the grid's columns are the targets
+    assert "Nothing to tell apart here:** every cell is 0" in report
+
+
+def test_bit_tick_labels_tell_different_bit_counts_apart():
+    from qlora_analysis.plots import bits_labels
+
+    assert bits_labels([30_067_712, 46_900_000]) == ["30.1 Mbit", "46.9 Mbit"]
+    labels = bits_labels([46_910_000, 46_940_000, 46_940_000])
+    assert labels[0] != labels[1] and labels == ["46.91 Mbit", "46.94 Mbit", "46.94 Mbit"]
+
+
+def test_plots_say_what_their_tables_say(tmp_path: Path, monkeypatch):
+    """The Pareto plots colour runs that differ in targets apart; an Elo plot of ties says so."""
+    import qlora_analysis.plots as plots
+
+    shown = {}
+
+    def keep(fig, path):
+        ax = fig.axes[0]
+        legend = ax.get_legend()
+        shown[path.name] = (ax.get_title(), [t.get_text() for t in legend.get_texts()] if legend else [])
+        plots.plt.close(fig)
+        return path
+
+    monkeypatch.setattr(plots, "_save", keep)
+    _design_card_sweep(tmp_path / "s", rouge=0.1)
+    runs = collect(tmp_path / "s")
+    plots.pareto(runs, "peak_memory_mb", tmp_path)
+    labels = shown["pareto_peak_memory_mb.png"][1]
+    assert "NF4+DQ · all · r64" in labels and "NF4+DQ · qv · r64" in labels
+    ties = pd.DataFrame({"model": ["a", "b"], "elo": [1000.0, 1000.0], "lower": [1000.0, 1000.0],
+                         "upper": [1000.0, 1000.0], "matches": [4, 4]})
+    plots.elo_intervals(ties, tmp_path)
+    assert "every verdict was a tie" in shown["elo.png"][0]

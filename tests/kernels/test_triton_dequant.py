@@ -21,7 +21,7 @@ CHECK = textwrap.dedent("""
     torch.manual_seed(0)
     shapes = [(7,), (1001,), (33, 65), (3, 5, 7), (64, 96)]
     checked = 0
-    for book in ("nf4", "fp4", "int4", "fp4_e3m0"):
+    for book in ("nf4", "fp4", "int4", "fp4_e3m0", "int4_affine"):
         for blocksize in (32, 64, 256, 4096):
             for double_quant in (False, True):
                 for dtype in (torch.float32, torch.bfloat16):
@@ -49,7 +49,7 @@ def run_check(device: str, interpret: bool) -> subprocess.CompletedProcess:
 def test_triton_kernel_equals_the_reference_under_the_interpreter():
     proc = run_check("cpu", interpret=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip() == "checked 320"
+    assert proc.stdout.strip() == "checked 400"
 
 
 @pytest.mark.gpu

@@ -59,3 +59,15 @@ def test_adapter_keys_at_their_defaults_keep_earlier_run_ids():
                 {"init": "loftq", "loftq_iter": 2}, {"init": "pissa", "pissa_niter": 4}]
     ids = {run_id({**now, "lora": {**now["lora"], **change}}) for change in variants}
     assert len(ids) == len(variants) and run_id(now) not in ids
+
+
+def test_a_record_never_holds_nan_or_infinity_and_says_which_value_was_not_finite(tmp_path):
+    record = Record(run_id="x", status="ok", metrics={"eval_loss": float("nan"), "ppl": float("inf"), "rougeL": 0.25},
+                    timing={"steps": [1.0, float("-inf")]})
+    text = record.to_json()
+    data = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in a record"))  # strict
+    assert data["metrics"] == {"eval_loss": None, "ppl": None, "rougeL": 0.25}
+    assert data["timing"]["steps"] == [1.0, None]
+    assert data["not_finite"] == {"metrics.eval_loss": "NaN", "metrics.ppl": "Infinity", "timing.steps[1]": "-Infinity"}
+    write_record(tmp_path, record)
+    assert read_record(tmp_path / "record.json").not_finite["metrics.eval_loss"] == "NaN"

@@ -119,6 +119,31 @@ def test_each_run_leaves_generations_adapter_and_offline_wandb(demo_sweep):
         assert list((run_dir / "wandb").glob("offline-run-*"))
 
 
+def test_wandb_runs_make_a_sweep_dashboard(demo_sweep):
+    """Read back from each offline run's log with wandb's own records: a short name, the sweep
+    folder as group, a job type, the overrides as tags, and every number the record holds at
+    the end in the summary under its record name."""
+    from wandb_records import offline_run
+
+    names = set()
+    for run_dir in (demo_sweep[1] / str(i) for i in range(4)):
+        record = json.loads((run_dir / "record.json").read_text())
+        run = offline_run(run_dir)
+        config = record["config"]
+        names.add(run["name"])
+        dtype = config["dtype"]["name"].upper() + ("+DQ" if config["dtype"]["double_quant"] else "")
+        assert run["name"] == f"{dtype} · {config['lora']['targets']} · r{config['lora']['r']} · seed {config['train']['seed']}"
+        assert run["group"] == demo_sweep[1].name and run["job_type"] == "finetune"
+        assert set(run["tags"]) == set(record["overrides"]) and not any("/" in tag for tag in run["tags"])
+        summary = run["summary"]
+        for name in ("eval_loss", "rougeL", "train_loss_last"):
+            assert summary[name] == pytest.approx(record["metrics"][name]), name
+        assert summary["bits_per_param"] == pytest.approx(record["model"]["bits_per_param"])
+        assert summary["peak_rss_mb"] == pytest.approx(record["memory"]["peak_rss_mb"])
+        assert summary["status"] == "ok"
+    assert len(names) == 4
+
+
 def test_same_config_and_seed_give_identical_numbers(demo_sweep, tmp_path):
     proc = run_cli("dtype=nf4", "lora.targets=all", "train.max_steps=30", f"hydra.run.dir={tmp_path / 'again'}",
                    cwd=tmp_path)

@@ -22,10 +22,12 @@ class Table:
     support: pd.DataFrame  # the same cells: "runs/seeds"
     numbers: pd.DataFrame  # long form: one row per cell with mean, sd, runs, seeds (the CSV)
     note: str = ""  # what the cells are, in one line
+    silent: str | None = None  # why the table has nothing to say (every cell 0, every verdict a tie), if so
 
     def markdown(self) -> str:
         support = readable(self.support).to_markdown() if not self.support.empty else ""
-        return (f"### {self.title}\n\n{self.note}\n\n{readable(self.frame).to_markdown()}\n\n"
+        why = f"**Nothing to tell apart here:** {self.silent}.\n\n" if self.silent else ""
+        return (f"### {self.title}\n\n{why}{self.note}\n\n{readable(self.frame).to_markdown()}\n\n"
                 + (f"Runs/seeds behind each cell:\n\n{support}\n" if support else ""))
 
     def write(self, out_dir: Path) -> list[Path]:
@@ -66,15 +68,42 @@ def table(name: str) -> Callable[[TableFn], TableFn]:
     return register
 
 
-FIRST = ("claims",)  # a report opens with the verdict on the paper's claims
+# A report opens with the table that answers its sweep's own question (the grid of a two-axis
+# sweep, which only one sweep folder gets), then the verdict on the paper's claims.
+FIRST = ("sweep_grid", "claims")
 
 
 def all_tables(runs: pd.DataFrame, judgments: pd.DataFrame) -> list[Table]:
-    """Every registered table the runs support: the claims first, then in registration order."""
+    """Every registered table the runs support: FIRST first, then in registration order; the
+    tables that have nothing to tell apart last, each saying why."""
     _load()
     order = [name for name in FIRST if name in TABLES] + [name for name in TABLES if name not in FIRST]
-    made = [TABLES[name](runs, judgments) for name in order]
-    return [t for t in made if t is not None]
+    made = [t for t in (TABLES[name](runs, judgments) for name in order) if t is not None]
+    for t in made:
+        t.silent = t.silent or nothing_to_say(t)
+    return [t for t in made if not t.silent] + [t for t in made if t.silent]
+
+
+# where a table's numbers keep the value each cell shows: a summary's mean, an Elo rating, or a
+# per-run metric (Figure 2's RougeL per seed)
+VALUE_COLUMNS = ("mean", "elo", "rougeL", "mmlu_acc", "accuracy", "zero_shot_mean", "eval_loss", "ppl")
+
+
+def nothing_to_say(t: Table) -> str | None:
+    """Why a table's numbers tell nothing apart: every cell 0 (RougeL after a few steps), or
+    every Elo rating the initial 1000 (every verdict a tie)."""
+    numbers = t.numbers
+    value = next((c for c in VALUE_COLUMNS if c in numbers), None)
+    if value is None or numbers.empty:
+        return None
+    values = pd.to_numeric(numbers[value], errors="coerce").dropna()
+    if values.empty or len(values) < 2:
+        return None
+    if value == "elo" and (values.round(6) == 1000).all():
+        return "every rating is the initial 1000: every judged pair was a tie"
+    if (values == 0).all():
+        return "every cell is 0 (the runs produced nothing this measure counts, e.g. RougeL after a few steps)"
+    return None
 
 
 def _load() -> None:

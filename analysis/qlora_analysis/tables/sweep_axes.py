@@ -26,20 +26,31 @@ FOLDED = {"dtype": "dtype_label", "dtype.double_quant": "dtype_label"}  # shown 
 def one_sweep(runs: pd.DataFrame) -> bool:
     """The runs come from one sweep folder: several sweeps (the micro-study's three) have tables
     of their own questions, and this one would cross their unrelated axes."""
-    from pathlib import Path
+    import os
 
-    return runs["run_dir"].map(lambda d: str(Path(d).parent)).nunique() <= 1
+    return runs["run_dir"].astype(str).str.rsplit(os.sep, n=1).str[0].nunique() <= 1
 
 
 def swept_axes(runs: pd.DataFrame) -> list[str]:
-    """The axes whose values differ between the runs (seeds pooled), data type first."""
+    """The axes whose values differ between the runs (seeds pooled), data type first. An axis
+    that follows another (`dtype.backend` follows the data type: Int4 runs on `lab`) is folded
+    into it: it asks no question of its own."""
     axes = []
     for column in runs.attrs.get("axes", []):  # what the sweep chose (collect: standard axes and overrides)
         if column in POOLED or column not in runs:
             continue
         if runs[column].astype(str).nunique() > 1:
             axes.append(FOLDED.get(column, column))
-    return list(dict.fromkeys(axes))
+    kept: list[str] = []
+    for axis in dict.fromkeys(axes):
+        if not any(follows(runs, axis, leader) for leader in kept):
+            kept.append(axis)
+    return kept
+
+
+def follows(runs: pd.DataFrame, axis: str, leader: str) -> bool:
+    """Each value of `leader` comes with one value of `axis` across the runs."""
+    return bool((runs.astype({axis: str, leader: str}).groupby(leader)[axis].nunique() <= 1).all())
 
 
 def _axis_value(column: str, value) -> str:
@@ -58,8 +69,8 @@ def sweep_axes(runs, judgments):
     metrics = [(c, h, d) for c, h, d in SWEPT_METRICS if c in runs and runs[c].dropna().nunique() > 1]
     if not axes or not metrics:
         return None
-    labelled = runs.assign(setting=[" · ".join(_axis_value(a, row[a]) for a in axes)
-                                    for _, row in runs.iterrows()])
+    labels = [runs[a].map(lambda v, a=a: _axis_value(a, v)) for a in axes]  # column by column, no row loop
+    labelled = runs.assign(setting=[" · ".join(values) for values in zip(*labels)])
     rows, numbers = [], []
     for setting, group in labelled.groupby("setting", sort=True):
         row = {"configuration": setting, "n": len(group)}

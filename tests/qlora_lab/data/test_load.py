@@ -55,6 +55,17 @@ def test_malformed_jsonl_line_names_file_and_line(tmp_path):
         load_splits(alpaca(bad))
 
 
+@pytest.mark.parametrize("name", ["data.jsonl", "data.json", "data.csv"])
+def test_a_binary_file_is_named_and_said_not_to_be_text(tmp_path, name):
+    """It used to fail with a bare `UnicodeDecodeError ... position 0` naming no file."""
+    import gzip
+
+    binary = tmp_path / name
+    binary.write_bytes(gzip.compress(ALPACA.read_bytes()))
+    with pytest.raises(DataError, match=rf"^{binary}: not a text file \(byte 1 is 0x8b, not UTF-8\)"):
+        load_splits(alpaca(binary))
+
+
 def test_row_missing_a_field_names_the_expected_fields(tmp_path):
     bad = tmp_path / "missing.jsonl"
     bad.write_text(json.dumps({"instruction": "x", "input": ""}) + "\n")

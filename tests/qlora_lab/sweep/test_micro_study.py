@@ -115,3 +115,20 @@ def test_micro_study_in_miniature_runs_judges_analyses_and_times_itself(tmp_path
     assert "## Time" in report and "pretraining" in report and "judging" in report
     timing = json.loads((out / "timing.json").read_text())
     assert timing["runs"] == 8 and timing["total_s"] >= sum(timing["phases_s"].values()) - 1e-6
+    before = (out / "report.md").read_text()
+    missing = subprocess.run([sys.executable, "-m", "qlora_lab.micro_study", "--report-only", "--sweep-dir",
+                              str(tmp_path / "nowhere"), "--out", str(out)], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=300)
+    assert missing.returncode == 2 and "no sweep folder" in missing.stderr and "nowhere" in missing.stderr
+    assert (out / "report.md").read_text() == before and (out / "plots").is_dir()  # nothing removed
+    again = subprocess.run([sys.executable, "-m", "qlora_lab.micro_study", "--report-only", "--sweep-dir", str(sweep),
+                            "--out", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (out / "report.md").read_text().split("## Time")[0] == before.split("## Time")[0]
+    assert not any(p.name.startswith("report.") for p in tmp_path.iterdir())  # no .new / .old left beside it
+    (out / "timing.json").unlink()
+    no_timing = subprocess.run([sys.executable, "-m", "qlora_lab.micro_study", "--report-only", "--sweep-dir",
+                                str(sweep), "--out", str(out)], cwd=tmp_path, capture_output=True, text=True,
+                               timeout=300)
+    assert no_timing.returncode == 2 and "timing.json" in no_timing.stderr
+    assert (out / "report.md").exists()
