@@ -14,7 +14,8 @@ SHELL := /bin/bash
 # transitive (pip-tools' pip-compile, `make lock`), torch as the CPU build on this machine's disk;
 # on a machine with an NVIDIA GPU, install/torch-cuda.txt swaps in the CUDA build of the same torch.
 # Force either with `make install TORCH=cpu` or `TORCH=cuda`. uv installs the pins as they are
-# (--no-deps: no resolution at install time; 15x faster than pip here). The venv is made anew
+# (--no-deps: no resolution at install time), bytecode compiled as pip does (this machine sets
+# PYTHONDONTWRITEBYTECODE: without it every process compiled torch again). The venv is made anew
 # whenever the lock changes, so it never holds a package the lock does not name (checked after
 # each install: `pip freeze` == the lock, and `pip check`).
 TORCH ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
@@ -37,8 +38,8 @@ $(STAMP): requirements-lock.txt install/torch-cuda.txt pyproject.toml | $(UV)
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(PYTHON) install/lockfile.py requirements $(TORCH) > $(VENV)/requirements.txt
-	$(UV) pip install -q --python $(PY) --no-deps $(FIND_LINKS) -r $(VENV)/requirements.txt
-	$(UV) pip install -q --python $(PY) --no-deps --no-build-isolation -e .
+	$(UV) pip install -q --python $(PY) --no-deps --compile-bytecode $(FIND_LINKS) -r $(VENV)/requirements.txt
+	$(UV) pip install -q --python $(PY) --no-deps --compile-bytecode --no-build-isolation -e .
 	$(PY) -m pip check
 	$(PY) install/lockfile.py check $(TORCH)
 	touch $(STAMP)
@@ -71,7 +72,7 @@ NEWEST := .venv-newest
 test-newest: | $(UV)
 	rm -rf $(NEWEST)
 	$(PYTHON) -m venv $(NEWEST)
-	$(UV) pip install -q --python $(NEWEST)/bin/python $(FIND_LINKS) -c install/torch-cpu.txt --upgrade -e '.[dev]'
+	$(UV) pip install -q --python $(NEWEST)/bin/python --compile-bytecode $(FIND_LINKS) -c install/torch-cpu.txt --upgrade -e '.[dev]'
 	$(NEWEST)/bin/python -m pip check
 	$(NEWEST)/bin/python -m pip freeze --exclude-editable > $(NEWEST)/freeze.txt
 	@echo "make test-newest: the versions that differ from the lock (< lock, > newest):"
