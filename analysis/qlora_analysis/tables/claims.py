@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from qlora_analysis.collect import plain_lora
+from qlora_analysis.intervals import t_975
 from qlora_analysis.tables import Table, table
 from qlora_analysis.tables.fidelity import KL_SCALE, ptq_fidelity
 
@@ -84,15 +85,15 @@ def seed_floor(fine: pd.DataFrame) -> float:
 
 def paired_gap(fine: pd.DataFrame, better: str, worse: str, floor: float) -> Evidence | None:
     """loss(worse) - loss(better) per shared seed; mean and Student's t interval over seeds."""
-    a = fine[fine["config"] == better].set_index("train.seed")["eval_loss"]
-    b = fine[fine["config"] == worse].set_index("train.seed")["eval_loss"]
+    # one loss per seed: runs of one configuration and seed that differ in an axis the label does
+    # not show (the dataset) are averaged (pandas 3 refused the per-seed lookup they made ambiguous)
+    a = fine[fine["config"] == better].groupby("train.seed")["eval_loss"].mean()
+    b = fine[fine["config"] == worse].groupby("train.seed")["eval_loss"].mean()
     shared = sorted(set(a.index) & set(b.index))
     if len(shared) < 2:
         return None
-    diffs = pd.Series([b[s] - a[s] for s in shared])
-    from scipy.stats import t
-
-    half = float(t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / math.sqrt(len(diffs)))
+    diffs = (b[shared] - a[shared]).reset_index(drop=True)
+    half = float(t_975(len(diffs) - 1) * diffs.std(ddof=1) / math.sqrt(len(diffs)))
     mean = float(diffs.mean())
     return Evidence(mean, half, floor, f"loss {better} {a[shared].mean():.4f} vs {worse} {b[shared].mean():.4f}; "
                                        f"gap {mean:+.4f} ± {half:.4f} ({len(shared)} seeds, paired)", "nats/token")
