@@ -75,8 +75,8 @@ test-newest: | $(UV)
 	$(UV) pip install -q --python $(NEWEST)/bin/python --compile-bytecode $(FIND_LINKS) -c install/torch-cpu.txt --upgrade -e '.[dev]'
 	$(NEWEST)/bin/python -m pip check
 	$(NEWEST)/bin/python -m pip freeze --exclude-editable > $(NEWEST)/freeze.txt
-	@echo "make test-newest: the versions that differ from the lock (< lock, > newest):"
-	-diff <(grep -E '^[A-Za-z0-9].*==' requirements-lock.txt | sort -f) <(sort -f $(NEWEST)/freeze.txt) | grep '^[<>]'
+	@echo "make test-newest: where the newest versions differ from the lock (installed = newest):"
+	@$(PYTHON) install/lockfile.py drift $(NEWEST)/freeze.txt
 	$(NEWEST)/bin/python -m pytest $(PYTEST_ARGS)
 
 # The main job on its embedded defaults: nf4, fp4 x LoRA on all / qv layers of `tiny`.

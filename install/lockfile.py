@@ -8,6 +8,7 @@ it runs before the venv has anything in it.
     python install/lockfile.py requirements {cpu|cuda}   the pins to install, one per line
     python install/lockfile.py cuda-delta CPU_LOCK CUDA  the CUDA pins not in the CPU lock
     python install/lockfile.py check {cpu|cuda}          pip freeze == the pins, or exit 1
+    python install/lockfile.py drift FREEZE              what a `pip freeze` file holds that the lock does not
 """
 
 from __future__ import annotations
@@ -86,6 +87,10 @@ def main(argv: list[str]) -> int:
         if not wrong:
             print(f"lock check: the venv holds exactly the lock ({len(requirements(argv[1]))} packages, torch {argv[1]})")
         return 1 if wrong else 0
+    if argv[:1] == ["drift"] and len(argv) == 2:  # make test-newest: names compared as pip compares them
+        moved = differences(pins(LOCK), pins(Path(argv[1])))
+        print("\n".join(moved) if moved else "none: the newest versions are the lock's")
+        return 0
     print(__doc__, file=sys.stderr)
     return 2
 
