@@ -97,12 +97,18 @@ def _report(run_dirs: list[Path]) -> None:
     _launch["failed"] = [str(d) for d, r in records if r is None or r.status != "ok"]
     reused = {str(d) for d, _ in records if _reused_here(d)}
     now = versions(environment(device="")) if reused else {}
-    other = {str(d) for d, r in records if str(d) in reused and r is not None and versions(r.env) != now}
+    other = {str(d) for d, r in records if str(d) in reused and r is not None and differs(versions(r.env), now)}
     lines = summary_lines(records, reused=reused, other_versions=other)
     if _launch["folder"] is not None:  # before the count line, which stays last
         lines.insert(-1, f"{'sweep' if _launch['multirun'] else 'run'} folder: {_launch['folder']}")
     for line in lines:
         print(line, flush=True)
+
+
+def differs(recorded: dict, now: dict) -> bool:
+    """A version the record names that is not this launch's. A record that names none (a
+    rehearsal's, which loads no library) says nothing either way."""
+    return any(value is not None and now.get(key) is not None and value != now[key] for key, value in recorded.items())
 
 
 def _num(value: Any, digits: int) -> str:

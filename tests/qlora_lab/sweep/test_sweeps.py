@@ -85,3 +85,15 @@ def test_optuna_searches_any_sweep_and_gets_each_runs_objective(tmp_path: Path):
         assert 1e-4 <= record["config"]["train"]["learning_rate"] <= 1e-3
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["best_value"] == pytest.approx(min(r["metrics"]["eval_loss"] for r in records.values()))
+
+
+def test_a_record_that_names_no_versions_is_not_counted_as_made_with_other_ones():
+    """A rehearsal's record loads no library and names no versions: a relaunch that reuses it
+    says nothing of versions (a SLURM rehearsal relaunch once said `14 made with other versions`)."""
+    from qlora_lab.sweep.summary import differs
+
+    now = {"torch": "2.13.0+cpu", "transformers": "5.25.0", "git_sha": "a" * 40}
+    assert not differs({"torch": None, "transformers": None, "git_sha": None}, now)
+    assert not differs({"torch": "2.13.0+cpu", "transformers": "5.25.0", "git_sha": None}, now)
+    assert differs({"torch": "2.13.0+cpu", "transformers": "4.57.3", "git_sha": None}, now)
+    assert differs({"torch": None, "transformers": None, "git_sha": "b" * 40}, now)
