@@ -16,9 +16,9 @@ from typing import Any, Optional, Union
 
 from qlora_lab.config_checks import NO_VALUE, ConfigError, at_least, build_dataclass, choice, positive, positive_float
 from qlora_lab.config_eval import EvalConfig, LmEvalConfig, MmluConfig, PplConfig  # noqa: F401  (re-exported)
-from qlora_lab.model.dtypes import COMPUTE_DTYPES, CUSTOM, DTYPES, available_backends
-from qlora_lab.model.kinds import KINDS
-from qlora_lab.model.targets import TARGET_GROUPS, target_names
+from qlora_lab.catalog import (BNB_SCALES, CLASSIFYING_KINDS, COMPUTE_DTYPES, CUSTOM, DTYPES, KIND_FAMILIES,
+                               SCALE_FORMATS, TARGET_GROUPS, codebook_name, crossable, available_backends,
+                               target_names)
 
 
 @dataclass
@@ -73,9 +73,9 @@ class ModelConfig:
     resources: Resources = field(default_factory=Resources)
 
     def validate(self) -> None:
-        choice("model.kind", self.kind, sorted(KINDS))
+        choice("model.kind", self.kind, sorted(KIND_FAMILIES))
         choice("model.source", self.source, ("build", "pretrained"))
-        choice("model.family", self.family, KINDS[self.kind].families)
+        choice("model.family", self.family, KIND_FAMILIES[self.kind])
         if self.source == "build" and (self.arch is None or self.pretrain is None):
             raise ConfigError("model.arch", self.arch, "source=build needs model.arch and model.pretrain")
         if self.source == "pretrained" and not self.path:
@@ -145,12 +145,29 @@ class DatasetConfig:
 class DTypeConfig:
     """How the frozen base weights are stored: the data type and its quantization settings."""
 
-    name: str = "nf4"  # data type: see qlora_lab.model.dtypes.DTYPES
+    name: str = "nf4"  # data type: see qlora_lab.catalog.DTYPES
     backend: str = "bnb"  # bnb (bitsandbytes via transformers), lab (qlora_kernels), none
-    double_quant: Optional[bool] = True  # quantize the block constants too (the paper's DQ)
-    blocksize: Optional[int] = 64  # weights per absmax block
+    # how each block's scale is stored: qlora_kernels.scale_specs (fp32, dq8, e8m0, e8m0_rceil, e4m3, fp16,
+    # q4_k, hqq); null: the data type's own (dq8 for the paper's, e4m3 for nvfp4, ...), or as double_quant says
+    scale: Optional[str] = None
+    double_quant: Optional[bool] = None  # the paper's DQ, i.e. scale dq8 (true) or fp32 (false); null: follows scale
+    blocksize: Optional[int] = 64  # weights per block
     compute_dtype: str = "auto"  # matmuls and unquantized weights; auto: bf16 where native, else fp32
     codebook: Optional[dict] = None  # backend lab: a codebook spec of your own ({kind: normal_float, bits: 3})
+
+    def __post_init__(self) -> None:
+        self.resolve_scale()
+
+    def resolve_scale(self) -> None:
+        """Fill in whichever of `scale` and `double_quant` was left null from the other (or the data
+        type's default), so that a record names both; a contradiction is left for validate()."""
+        spec = CUSTOM if self.codebook is not None else DTYPES.get(self.name)
+        if spec is None or not spec.blockwise:
+            return
+        if self.scale is None:
+            self.scale = spec.scale if self.double_quant is None else ("dq8" if self.double_quant else "fp32")
+        if self.double_quant is None and isinstance(self.scale, str):
+            self.double_quant = self.scale == "dq8"
 
     def validate(self) -> None:
         if self.codebook is not None:
@@ -159,6 +176,7 @@ class DTypeConfig:
         else:
             choice("dtype", self.name, sorted(DTYPES))
             spec = DTYPES[self.name]
+        self.resolve_scale()
         choice("dtype.backend", self.backend, spec.backends)
         ready = available_backends()
         if self.backend not in ready:
@@ -169,17 +187,32 @@ class DTypeConfig:
                               f"does not have; runnable now: {', '.join(runnable)}")
         choice("dtype.compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
         if not spec.blockwise:
-            for key in ("double_quant", "blocksize"):
+            for key in ("scale", "double_quant", "blocksize"):
                 if getattr(self, key) is not None:
                     raise ConfigError(f"dtype.{key}", getattr(self, key),
                                       f"has no effect with dtype={self.name}; leave it null")
             return
         if not isinstance(self.double_quant, bool):
             raise ConfigError("dtype.double_quant", self.double_quant, "expected true or false")
+        choice("dtype.scale", self.scale, list(SCALE_FORMATS))
+        if self.double_quant != (self.scale == "dq8"):
+            raise ConfigError("dtype.double_quant", self.double_quant,
+                              f"double quantization is scale format dq8, and dtype.scale is {self.scale}; "
+                              f"set one of them, or leave double_quant null")
+        if self.backend == "bnb" and self.scale not in BNB_SCALES:
+            raise ConfigError("dtype.scale", self.scale, f"backend bnb (bitsandbytes) stores {' or '.join(BNB_SCALES)} "
+                                                         f"only; dtype.backend=lab runs every scale format")
         allowed_blocks = spec.blocksizes.get(self.backend)
         if allowed_blocks is not None and self.blocksize not in allowed_blocks:
             raise ConfigError("dtype.blocksize", self.blocksize,
                               f"backend {self.backend} supports {', '.join(map(str, allowed_blocks))}")
+        if self.backend == "lab":
+            book = self.name if self.codebook is not None else codebook_name(self.name)
+            signed = _custom_signed(self.codebook) if self.codebook is not None else spec.signed
+            centred = bool(self.codebook.get("affine")) if self.codebook is not None else spec.centred
+            refused = crossable(self.scale, book, signed, self.blocksize, centred)
+            if refused:
+                raise ConfigError("dtype.scale", self.scale, refused)
 
     def _validate_codebook(self) -> None:
         if self.backend != "lab":
@@ -190,6 +223,14 @@ class DTypeConfig:
             codebook_from_spec(self.name, self.codebook)
         except (ValueError, TypeError) as err:
             raise ConfigError("dtype.codebook", self.codebook, str(err).splitlines()[0]) from None
+
+
+def _custom_signed(spec: dict) -> bool:
+    """Whether a codebook spec of the user's own has values of both signs (only a table can lack them)."""
+    if spec.get("kind") != "table":
+        return True
+    values = [float(v) for v in spec.get("values", [])]
+    return bool(values) and min(values) < 0 < max(values)
 
 
 LORA_INITS = ("gaussian", "loftq", "pissa")  # lora.init
@@ -302,7 +343,7 @@ class RunConfig:
         kind = self.model.kind
         from qlora_lab.data.formats import FORMATS
 
-        classifies = KINDS[kind].classifies
+        classifies = kind in CLASSIFYING_KINDS
         if FORMATS[self.dataset.format].classification != classifies:
             raise ConfigError("dataset", self.dataset.name,
                               "a classifier model needs a classification dataset (dataset=glue)" if classifies

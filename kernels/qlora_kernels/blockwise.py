@@ -18,8 +18,9 @@ from qlora_kernels import native, packing
 from qlora_kernels.codebooks import Codebook, codebook, nearest_codes, sorted_codes
 from qlora_kernels.double_quant import quantize_absmax
 from qlora_kernels.quant_state import QuantState
+from qlora_kernels.scale_specs import crossable, scale_spec
 
-MIN_BLOCKSIZE, MAX_BLOCKSIZE = 32, 4096
+MIN_BLOCKSIZE, MAX_BLOCKSIZE = 16, 4096
 
 
 def check_blocksize(blocksize: int) -> None:
@@ -29,15 +30,40 @@ def check_blocksize(blocksize: int) -> None:
         raise ValueError(f"blocksize {blocksize} must be a power of two from {MIN_BLOCKSIZE} to {MAX_BLOCKSIZE}")
 
 
-def quantize(weight: torch.Tensor, book: str | Codebook, blocksize: int = 64, double_quant: bool = False) -> QuantState:
-    """Any float tensor -> QuantState; `dequantize` gives back its shape and dtype."""
+def stored_codebook(book: str | Codebook, scale: str) -> Codebook:
+    """The codebook as a scale format stores it: an absmax maps onto values of largest magnitude 1
+    (E2M1 / 8 becomes E2M1 / 6); the other formats keep the codebook's own units."""
+    book = codebook(book)
+    return book.normalized() if scale_spec(scale).codec is None else book
+
+
+def quantize(weight: torch.Tensor, book: str | Codebook, blocksize: int = 64, double_quant: bool = False,
+             scale: str | None = None) -> QuantState:
+    """Any float tensor -> QuantState; `dequantize` gives back its shape and dtype. `scale`: a scale
+    format of scale_specs.SCALE_FORMATS (None: fp32, or dq8 with `double_quant`)."""
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"weight must be a torch.Tensor, not {type(weight).__name__}")
     if not weight.is_floating_point():
         raise TypeError(f"weight must be floating point, not {weight.dtype}")
     check_blocksize(blocksize)
+    scale = scale or ("dq8" if double_quant else "fp32")
     book = codebook(book)
+    refused = crossable(scale, book.name, book.signed, blocksize, centred=book.affine)
+    if refused:
+        raise ValueError(refused)
+    book = stored_codebook(book, scale)
+    double_quant = scale == "dq8"
     flat = weight.reshape(-1).float()
+    spec = scale_spec(scale)
+    if spec.codec is not None:
+        from qlora_kernels.scale_formats import check_finite, codec
+
+        check_finite(flat)
+        encode, _ = codec(scale, spec.codec)
+        codes, stored = encode(flat, book, blocksize)
+        return QuantState(packed=packing.pack(codes, book.bits, pad_code=book.zero_code), absmax=None, nested=None,
+                          shape=weight.shape, dtype=weight.dtype, blocksize=blocksize, codebook=book,
+                          scale_format=scale, scales=stored)
     offsets = None
     if book.affine:  # centred per block (shared torch steps, so both codecs below see the same input)
         offsets = block_centres(flat, blocksize)
@@ -99,24 +125,30 @@ def dequantize(state: QuantState, dtype: torch.dtype | None = None, out: torch.T
 
         values = dequantize_4bit_triton(state, dtype)
         return values if out is None else out.copy_(values)
+    scales = state.block_scales()
     if _compiled(state.codebook, state.packed):
-        flat = native.dequantize_4bit(state.packed.reshape(-1), state.block_absmax(), state.codebook.tensor(), n, bs,
-                                      dtype, out=None if out is None else out.view(-1), offsets=state.block_offsets())
+        flat = native.dequantize_4bit(state.packed.reshape(-1), scales.scale, state.codebook.tensor(), n, bs,
+                                      dtype, out=None if out is None else out.view(-1), offsets=scales.offset,
+                                      zeros=scales.zero)
         return flat.view(state.shape) if out is None else out
     values = _code_values(state)[:n]  # a fresh float32 tensor: scaled in place
-    absmax = state.block_absmax().float()
-    full = n - n % bs
-    values[:full].view(-1, bs).mul_(absmax[: full // bs].view(-1, 1))
-    if full < n:
-        values[full:].mul_(absmax[full // bs])
-    offsets = state.block_offsets()
-    if offsets is not None:  # affine: then each block's centre (the compiled codec adds it the same way)
-        offsets = offsets.float()
-        values[:full].view(-1, bs).add_(offsets[: full // bs].view(-1, 1))
-        if full < n:
-            values[full:].add_(offsets[full // bs])
+    # value = (code value - zero) x scale + offset, each a separate float32 rounding (as the compiled
+    # codec and the Triton kernel do it)
+    for per_block, apply in ((scales.zero, torch.Tensor.sub_), (scales.scale, torch.Tensor.mul_),
+                             (scales.offset, torch.Tensor.add_)):
+        if per_block is not None:
+            _per_block_op(values, per_block.float(), bs, apply)
     values = values.view(state.shape).to(dtype)
     return values if out is None else out.copy_(values)
+
+
+def _per_block_op(values: torch.Tensor, per_block: torch.Tensor, bs: int, apply) -> None:
+    """values[i] (op)= per_block[i // bs], in place, the short last block included."""
+    n = values.numel()
+    full = n - n % bs
+    apply(values[:full].view(-1, bs), per_block[: full // bs].view(-1, 1))
+    if full < n:
+        apply(values[full:], per_block[full // bs])
 
 
 def _compiled(book: Codebook, tensor: torch.Tensor) -> bool:

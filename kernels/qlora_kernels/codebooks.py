@@ -18,6 +18,8 @@ import torch
 # bitsandbytes' FP4 (E2M1) in its own bit layout: sign bit 8, then the listed magnitudes / 12.
 _BNB_FP4 = [0.0, 0.0625, 8.0, 12.0, 4.0, 6.0, 2.0, 3.0, -0.0, -0.0625, -8.0, -12.0, -4.0, -6.0, -2.0, -3.0]
 # bitsandbytes' sign-magnitude Int4 table: symmetric absmax, +-0 and 7 levels a side.
+# OCP E2M1 (MXFP4's and NVFP4's elements) in its own bit layout: sign bit 8, exponent 2 bits, mantissa 1.
+_E2M1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0]
 _INT4 = [7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.0, -0.0, -1.0, -2.0, -3.0, -4.0, -5.0, -6.0, -7.0]
 
 CODEBOOK_SPECS: dict[str, dict] = {
@@ -28,6 +30,11 @@ CODEBOOK_SPECS: dict[str, dict] = {
     "fp4_e3m0": {"kind": "float", "exponent_bits": 3, "mantissa_bits": 0},
     "int4": {"kind": "table", "values": _INT4, "scale": 7.0},
     "int8": {"kind": "integer", "bits": 8},
+    # The 2026 formats' grids, divided by a power of two so that a block scale times 8 or 16 gives
+    # their values to the bit (see `unit`): E2M1 / 8, Q4_0's (q - 8) / 8, Q4_K's and HQQ's q / 16.
+    "e2m1": {"kind": "table", "values": _E2M1, "scale": 8.0, "unit": 8.0},
+    "int4_grid": {"kind": "table", "values": [q - 8.0 for q in range(16)], "scale": 8.0, "unit": 8.0},
+    "uint4": {"kind": "table", "values": [float(q) for q in range(16)], "scale": 16.0, "unit": 16.0},
     # per-block minimum and maximum, 16 uniform levels between them (a zero point per block)
     "int4_affine": {"kind": "uniform", "bits": 4, "affine": True},
 }
@@ -40,6 +47,7 @@ class Codebook:
     name: str
     values: tuple[float, ...]  # float32-representable, in code order
     affine: bool = False  # blocks centred on (min + max) / 2 before scaling; the centre stored per block
+    unit: float = 1.0  # the format's own values are values x unit (a power of two: scaling by it is exact)
 
     def __post_init__(self):
         n = len(self.values)
@@ -47,6 +55,23 @@ class Codebook:
             raise ValueError(f"codebook {self.name!r} has {n} values; expected a power of two from 2 to 256")
         if max(abs(v) for v in self.values) > 1.0:
             raise ValueError(f"codebook {self.name!r} has values outside [-1, 1]")
+
+    @property
+    def peak(self) -> float:
+        return max(abs(v) for v in self.values)
+
+    @property
+    def signed(self) -> bool:
+        return min(self.values) < 0 < max(self.values)
+
+    def normalized(self) -> Codebook:
+        """Scaled so that its largest magnitude is 1: what an absmax block scale maps onto (E2M1 / 8 ->
+        E2M1 / 6). The codebook itself where it is already."""
+        peak = self.peak
+        if peak == 1.0:
+            return self
+        return Codebook(self.name, tuple(float(torch.tensor(v / peak, dtype=torch.float32)) for v in self.values),
+                        affine=self.affine)
 
     @property
     def bits(self) -> int:
@@ -91,8 +116,9 @@ def codebook_from_spec(name: str, spec: dict) -> Codebook:
                 "table": _table}
     if kind not in builders:
         raise ValueError(f"codebook {name!r}: kind {kind!r} is not one of {', '.join(builders)}")
-    args = {k: v for k, v in spec.items() if k not in ("kind", "affine")}
-    return Codebook(name, tuple(float(v) for v in builders[kind](**args).tolist()), affine=bool(spec.get("affine")))
+    args = {k: v for k, v in spec.items() if k not in ("kind", "affine", "unit")}
+    return Codebook(name, tuple(float(v) for v in builders[kind](**args).tolist()), affine=bool(spec.get("affine")),
+                    unit=float(spec.get("unit", 1.0)))
 
 
 def _normal_float(bits: int, offset: float | None = None) -> torch.Tensor:

@@ -65,9 +65,11 @@ static inline int64_t block_end(int64_t block, int64_t blocksize, int64_t n) {
 
 /* The portable path, and every path's tail of a block that is not a whole number of vectors. */
 static inline void decode_scalar(const uint8_t *packed, const float *pairs, float scale, const float *offset,
-                                 void *out, int64_t i, int64_t end, int32_t out_bf16) {
+                                 const float *zero, void *out, int64_t i, int64_t end, int32_t out_bf16) {
     for (; i < end; i++) {
-        float value = pairs[2 * packed[i / 2] + (i & 1)] * scale;
+        float value = pairs[2 * packed[i / 2] + (i & 1)];
+        if (zero) value = value - *zero; /* HQQ: the zero point first, its own rounding */
+        value = value * scale;
         if (offset) value = value + *offset;
         if (out_bf16) ((uint16_t *)out)[i] = to_bf16(value);
         else ((float *)out)[i] = value;
@@ -77,7 +79,7 @@ static inline void decode_scalar(const uint8_t *packed, const float *pairs, floa
 #if defined(X86_PATHS)
 /* 8 bytes -> 16 values (high nibble first): two 8-entry permutes pick from the 16-value table. */
 AVX2_TARGET static inline void decode16(const uint8_t *bytes, __m256 low_table, __m256 high_table, __m256 scale,
-                                        const float *offset, __m256 *first, __m256 *second) {
+                                        const float *offset, const float *zero, __m256 *first, __m256 *second) {
     __m128i raw = _mm_loadl_epi64((const __m128i *)bytes);
     __m128i high = _mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0x0f));
     __m128i low = _mm_and_si128(raw, _mm_set1_epi8(0x0f));
@@ -88,6 +90,10 @@ AVX2_TARGET static inline void decode16(const uint8_t *bytes, __m256 low_table, 
                                  _mm256_castsi256_ps(_mm256_slli_epi32(idx0, 28)));
     __m256 v1 = _mm256_blendv_ps(_mm256_permutevar8x32_ps(low_table, idx1), _mm256_permutevar8x32_ps(high_table, idx1),
                                  _mm256_castsi256_ps(_mm256_slli_epi32(idx1, 28)));
+    if (zero) {
+        v0 = _mm256_sub_ps(v0, _mm256_set1_ps(*zero));
+        v1 = _mm256_sub_ps(v1, _mm256_set1_ps(*zero));
+    }
     *first = _mm256_mul_ps(v0, scale);
     *second = _mm256_mul_ps(v1, scale);
     if (offset) { /* affine blocks: then the block's centre, added (a separate rounding, as in torch) */
@@ -108,18 +114,18 @@ AVX2_TARGET static inline __m128i to_bf16x8(__m256 values) {
 }
 
 AVX2_TARGET static void dequantize_avx2(const uint8_t *packed, const float *absmax, const float *offsets,
-                                        const float *table, const float *pairs, void *out, int64_t n,
+                                        const float *zeros, const float *table, const float *pairs, void *out, int64_t n,
                                         int64_t blocksize, int64_t first, int64_t last, int32_t out_bf16,
                                         int32_t may_stream) {
     __m256 low_table = _mm256_loadu_ps(table), high_table = _mm256_loadu_ps(table + 8);
     const int stream = may_stream && n * (out_bf16 ? 2 : 4) >= STREAM_MIN_BYTES && ((uintptr_t)out & 31) == 0;
     for (int64_t block = first; block < last; block++) {
         int64_t start = block * blocksize, end = block_end(block, blocksize, n), i = start;
-        const float *offset = offsets ? offsets + block : NULL;
+        const float *offset = offsets ? offsets + block : NULL, *zero = zeros ? zeros + block : NULL;
         __m256 scale8 = _mm256_set1_ps(absmax[block]);
         for (; i + 16 <= end; i += 16) {
             __m256 first8, second8;
-            decode16(packed + i / 2, low_table, high_table, scale8, offset, &first8, &second8);
+            decode16(packed + i / 2, low_table, high_table, scale8, offset, zero, &first8, &second8);
             if (out_bf16) {
                 __m128i *to = (__m128i *)((uint16_t *)out + i);
                 if (stream) {
@@ -137,23 +143,30 @@ AVX2_TARGET static void dequantize_avx2(const uint8_t *packed, const float *absm
                 _mm256_storeu_ps((float *)out + i + 8, second8);
             }
         }
-        decode_scalar(packed, pairs, absmax[block], offset, out, i, end, out_bf16);
+        decode_scalar(packed, pairs, absmax[block], offset, zero, out, i, end, out_bf16);
     }
     if (stream) _mm_sfence(); /* streamed stores visible before the caller reads */
 }
 
-/* 16 bytes -> 32 values (high nibble first): one 16-entry permute per 16 values. */
-AVX512_TARGET static inline void decode32(const uint8_t *bytes, __m512 table, __m512 scale, const float *offset,
-                                          __m512 *first, __m512 *second) {
+/* 16 bytes -> 32 values (high nibble first): one 16-entry permute per 16 values. Each half has a
+ * block of its own (a, b): the same block for block sizes from 32, two for NVFP4's 16. */
+AVX512_TARGET static inline __m512 scale16(__m512 values, float scale, const float *offset, const float *zero) {
+    if (zero) values = _mm512_sub_ps(values, _mm512_set1_ps(*zero));
+    values = _mm512_mul_ps(values, _mm512_set1_ps(scale));
+    if (offset) values = _mm512_add_ps(values, _mm512_set1_ps(*offset));
+    return values;
+}
+
+AVX512_TARGET static inline void decode32(const uint8_t *bytes, __m512 table, float scale_a, float scale_b,
+                                          const float *offset_a, const float *offset_b, const float *zero_a,
+                                          const float *zero_b, __m512 *first, __m512 *second) {
     __m128i raw = _mm_loadu_si128((const __m128i *)bytes);
     __m128i high = _mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0x0f));
     __m128i low = _mm_and_si128(raw, _mm_set1_epi8(0x0f));
-    *first = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(high, low)), table), scale);
-    *second = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(high, low)), table), scale);
-    if (offset) {
-        *first = _mm512_add_ps(*first, _mm512_set1_ps(*offset));
-        *second = _mm512_add_ps(*second, _mm512_set1_ps(*offset));
-    }
+    *first = scale16(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(high, low)), table), scale_a,
+                     offset_a, zero_a);
+    *second = scale16(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(high, low)), table), scale_b,
+                      offset_b, zero_b);
 }
 
 /* float32 -> bfloat16 by integer rounding (to nearest even; NaN kept quiet), as to_bf16 does. */
@@ -173,37 +186,49 @@ AVX512BF16_TARGET static inline __m256i to_bf16x16_native(__m512 values) {
     return (__m256i)_mm512_cvtneps_pbh(values);
 }
 
+#define STORE32(CONVERT)                                                                                             \
+    if (out_bf16) {                                                                                                  \
+        __m256i *to = (__m256i *)((uint16_t *)out + i);                                                              \
+        if (stream) {                                                                                                \
+            _mm256_stream_si256(to, CONVERT(first16));                                                               \
+            _mm256_stream_si256(to + 1, CONVERT(second16));                                                          \
+        } else {                                                                                                     \
+            _mm256_storeu_si256(to, CONVERT(first16));                                                               \
+            _mm256_storeu_si256(to + 1, CONVERT(second16));                                                          \
+        }                                                                                                            \
+    } else if (stream) {                                                                                             \
+        _mm512_stream_ps((float *)out + i, first16);                                                                 \
+        _mm512_stream_ps((float *)out + i + 16, second16);                                                           \
+    } else {                                                                                                         \
+        _mm512_storeu_ps((float *)out + i, first16);                                                                 \
+        _mm512_storeu_ps((float *)out + i + 16, second16);                                                           \
+    }
+
+/* Block sizes from 32: 32 values of one block per step. Block size 16 (NVFP4): two whole blocks
+ * per step, each half with its own scale. */
 #define DEQUANTIZE_AVX512(NAME, TARGET, CONVERT)                                                                     \
-    TARGET static void NAME(const uint8_t *packed, const float *absmax, const float *offsets, const float *table,    \
-                            const float *pairs, void *out, int64_t n, int64_t blocksize, int64_t first, int64_t last, \
-                            int32_t out_bf16, int32_t may_stream) {                                                  \
+    TARGET static void NAME(const uint8_t *packed, const float *absmax, const float *offsets, const float *zeros,    \
+                            const float *table, const float *pairs, void *out, int64_t n, int64_t blocksize,         \
+                            int64_t first, int64_t last, int32_t out_bf16, int32_t may_stream) {                     \
         __m512 table16 = _mm512_loadu_ps(table);                                                                     \
-        const int stream = may_stream && n * (out_bf16 ? 2 : 4) >= STREAM_MIN_BYTES && ((uintptr_t)out & 63) == 0;               \
+        const int stream = may_stream && n * (out_bf16 ? 2 : 4) >= STREAM_MIN_BYTES && ((uintptr_t)out & 63) == 0;  \
         for (int64_t block = first; block < last; block++) {                                                         \
             int64_t start = block * blocksize, end = block_end(block, blocksize, n), i = start;                     \
-            const float *offset = offsets ? offsets + block : NULL;                                                  \
-            __m512 scale = _mm512_set1_ps(absmax[block]);                                                            \
-            for (; i + 32 <= end; i += 32) {                                                                         \
-                __m512 first16, second16;                                                                            \
-                decode32(packed + i / 2, table16, scale, offset, &first16, &second16);                               \
-                if (out_bf16) {                                                                                      \
-                    __m256i *to = (__m256i *)((uint16_t *)out + i);                                                  \
-                    if (stream) {                                                                                    \
-                        _mm256_stream_si256(to, CONVERT(first16));                                                   \
-                        _mm256_stream_si256(to + 1, CONVERT(second16));                                              \
-                    } else {                                                                                         \
-                        _mm256_storeu_si256(to, CONVERT(first16));                                                   \
-                        _mm256_storeu_si256(to + 1, CONVERT(second16));                                              \
-                    }                                                                                                \
-                } else if (stream) {                                                                                 \
-                    _mm512_stream_ps((float *)out + i, first16);                                                     \
-                    _mm512_stream_ps((float *)out + i + 16, second16);                                               \
-                } else {                                                                                             \
-                    _mm512_storeu_ps((float *)out + i, first16);                                                     \
-                    _mm512_storeu_ps((float *)out + i + 16, second16);                                               \
-                }                                                                                                    \
+            const float *offset = offsets ? offsets + block : NULL, *zero = zeros ? zeros + block : NULL;            \
+            __m512 first16, second16;                                                                                \
+            if (blocksize == 16 && block + 1 < last && start + 32 <= n) {                                            \
+                decode32(packed + i / 2, table16, absmax[block], absmax[block + 1], offset,                          \
+                         offsets ? offset + 1 : NULL, zero, zeros ? zero + 1 : NULL, &first16, &second16);          \
+                STORE32(CONVERT)                                                                                     \
+                block++;                                                                                             \
+                continue;                                                                                            \
             }                                                                                                        \
-            decode_scalar(packed, pairs, absmax[block], offset, out, i, end, out_bf16);                             \
+            for (; i + 32 <= end; i += 32) {                                                                         \
+                decode32(packed + i / 2, table16, absmax[block], absmax[block], offset, offset, zero, zero,          \
+                         &first16, &second16);                                                                       \
+                STORE32(CONVERT)                                                                                     \
+            }                                                                                                        \
+            decode_scalar(packed, pairs, absmax[block], offset, zero, out, i, end, out_bf16);                       \
         }                                                                                                            \
         if (stream) _mm_sfence();                                                                                    \
     }
@@ -226,10 +251,12 @@ void advise_huge_pages(void *buffer, int64_t bytes) {
 #endif
 }
 
-/* out[i] = table[code i] * absmax[block of i] (+ offsets[block of i] where offsets is not NULL: the
- * affine data types' block centres), as float32 (out_bf16 = 0) or bfloat16 (1). `path`: PATH_BEST
+/* out[i] = (table[code i] - zeros[block of i]) * absmax[block of i] + offsets[block of i], the zero
+ * point (HQQ's) and the offset (affine centres, Q4_K's mins) only where their pointers are not NULL,
+ * each step its own float32 rounding, as float32 (out_bf16 = 0) or bfloat16 (1). `path`: PATH_BEST
  * (the widest this CPU runs), or one of decode_paths() (the tests run each). */
-void dequantize_4bit(const uint8_t *packed, const float *absmax, const float *offsets, const float *table, void *out,
+void dequantize_4bit(const uint8_t *packed, const float *absmax, const float *offsets, const float *zeros,
+                     const float *table, void *out,
                      int64_t n, int64_t blocksize, int64_t first, int64_t last, int32_t out_bf16, int32_t path,
                      int32_t may_stream) {
     float pairs[512];
@@ -242,18 +269,19 @@ void dequantize_4bit(const uint8_t *packed, const float *absmax, const float *of
     if (!(paths >> path & 1)) path = PATH_PORTABLE; /* the caller checks; never run what the CPU cannot */
 #if defined(X86_PATHS)
     if (path == PATH_AVX512) {
-        (native_bf16() ? dequantize_avx512_bf16 : dequantize_avx512)(packed, absmax, offsets, table, pairs, out, n,
-                                                                      blocksize, first, last, out_bf16, may_stream);
+        (native_bf16() ? dequantize_avx512_bf16 : dequantize_avx512)(packed, absmax, offsets, zeros, table, pairs, out,
+                                                                      n, blocksize, first, last, out_bf16, may_stream);
         return;
     }
     if (path == PATH_AVX2) {
-        dequantize_avx2(packed, absmax, offsets, table, pairs, out, n, blocksize, first, last, out_bf16, may_stream);
+        dequantize_avx2(packed, absmax, offsets, zeros, table, pairs, out, n, blocksize, first, last, out_bf16,
+                        may_stream);
         return;
     }
 #endif
     for (int64_t block = first; block < last; block++)
-        decode_scalar(packed, pairs, absmax[block], offsets ? offsets + block : NULL, out, block * blocksize,
-                      block_end(block, blocksize, n), out_bf16);
+        decode_scalar(packed, pairs, absmax[block], offsets ? offsets + block : NULL, zeros ? zeros + block : NULL, out,
+                      block * blocksize, block_end(block, blocksize, n), out_bf16);
 }
 
 /* Per block: absmax, weight * (1 / absmax) (a short last block: weight / absmax), clamped to

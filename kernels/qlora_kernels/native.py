@@ -157,7 +157,7 @@ def _compile(compiler: str, flags: list[str], target: Path) -> None:
 
 def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
     pointer, i64, i32, u8 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_uint8
-    library.dequantize_4bit.argtypes = [pointer] * 5 + [i64, i64, i64, i64, i32, i32, i32]
+    library.dequantize_4bit.argtypes = [pointer] * 6 + [i64, i64, i64, i64, i32, i32, i32]
     library.dequantize_4bit.restype = None
     library.decode_paths.argtypes, library.decode_paths.restype = [], i32
     library.native_bf16.argtypes, library.native_bf16.restype = [], i32
@@ -189,19 +189,22 @@ def _over_blocks(call, n: int, blocksize: int) -> None:
 
 def dequantize_4bit(packed: torch.Tensor, absmax: torch.Tensor, table: torch.Tensor, n: int, blocksize: int,
                     dtype: torch.dtype, out: torch.Tensor | None = None,
-                    library: ctypes.CDLL | None = None, offsets: torch.Tensor | None = None) -> torch.Tensor:
+                    library: ctypes.CDLL | None = None, offsets: torch.Tensor | None = None,
+                    zeros: torch.Tensor | None = None) -> torch.Tensor:
     """Flat values of n 4-bit codes in `dtype` (float32 and bfloat16 written directly; others
-    through float32), into `out` where given (flat, contiguous, of `dtype`); `offsets`, one per
-    block, added after the scale (affine data types). `library`: another build than the default
-    (the tests run the portable one)."""
+    through float32), into `out` where given (flat, contiguous, of `dtype`): per block,
+    (table[code] - zeros) x absmax + offsets, `zeros` (HQQ's zero points) and `offsets` (affine
+    centres, Q4_K's mins) where given. `library`: another build than the default (the tests run
+    the portable one)."""
     library = library or _library()
     packed, absmax, table = packed.contiguous(), absmax.float().contiguous(), table.float().contiguous()
     offsets = None if offsets is None else offsets.float().contiguous()
+    zeros = None if zeros is None else zeros.float().contiguous()
     direct = dtype if dtype in (torch.float32, torch.bfloat16) else torch.float32
     given = out is not None and out.dtype == direct
     target = out if given else _fresh(library, n, direct)
-    args = (packed.data_ptr(), absmax.data_ptr(), None if offsets is None else offsets.data_ptr(), table.data_ptr(),
-            target.data_ptr(), n, blocksize)
+    args = (packed.data_ptr(), absmax.data_ptr(), None if offsets is None else offsets.data_ptr(),
+            None if zeros is None else zeros.data_ptr(), table.data_ptr(), target.data_ptr(), n, blocksize)
     path = PATHS[_path]
     if _path != "best" and _path not in decode_paths(library):
         raise RuntimeError(f"decode path {_path!r}: this CPU or build runs {', '.join(decode_paths(library))}")

@@ -9,6 +9,7 @@ import torch
 
 from qlora_kernels.codebooks import Codebook
 from qlora_kernels.double_quant import NestedState, dequantize_absmax
+from qlora_kernels.scale_specs import scale_spec
 
 
 @dataclass(frozen=True)
@@ -24,14 +25,31 @@ class QuantState:
     codebook: Codebook = field(repr=False)
     offsets: torch.Tensor | None = None  # float32 block centres of an affine data type (None under DQ)
     nested_offsets: NestedState | None = None  # the centres, double-quantized as the absmax is
+    scale_format: str | None = None  # a scale format with a codec of its own (e8m0, e4m3, q4_k, ...); None: absmax
+    scales: dict[str, torch.Tensor] | None = None  # what that format stores (scale_formats decodes it)
 
     @property
     def numel(self) -> int:
         return self.shape.numel()
 
     @property
+    def scale_name(self) -> str:
+        """The scale format by name: fp32 and dq8 for the absmax path."""
+        return self.scale_format or ("dq8" if self.nested is not None else "fp32")
+
+    @property
+    def n_blocks(self) -> int:
+        return -(-self.numel // self.blocksize)
+
+    @property
     def stored_bits(self) -> int:
-        """Codes (a short last byte counts whole) + block constants (+ their constants)."""
+        """Codes (a short last byte counts whole) + block constants (+ their constants); a scale
+        format with a codec of its own counts as its file layout holds it (scale_specs)."""
+        if self.scale_format is not None:
+            spec = scale_spec(self.scale_format)
+            groups = -(-self.n_blocks // spec.group_bits[1])
+            return int(self.packed.numel() * 8 + spec.block_bits * self.n_blocks + spec.group_bits[0] * groups
+                       + spec.tensor_bits)
         constants = self.nested.stored_bits if self.nested is not None else self.absmax.numel() * 32
         if self.nested_offsets is not None:
             constants += self.nested_offsets.stored_bits
@@ -43,18 +61,34 @@ class QuantState:
     def bits_per_param(self) -> float:
         return self.stored_bits / self.numel
 
+    def block_scales(self):
+        """What a decode applies per block (scale_formats.BlockScales), whatever the format."""
+        from qlora_kernels.scale_formats import BlockScales, codec
+
+        if self.scale_format is not None:
+            _, decode = codec(self.scale_format, scale_spec(self.scale_format).codec)
+            return decode(self.scales, self.codebook)
+        absmax = dequantize_absmax(self.nested) if self.nested is not None else self.absmax
+        offsets = dequantize_absmax(self.nested_offsets) if self.nested_offsets is not None else self.offsets
+        return BlockScales(absmax, offset=offsets)
+
     def block_absmax(self) -> torch.Tensor:
-        return dequantize_absmax(self.nested) if self.nested is not None else self.absmax
+        return self.block_scales().scale
 
     def block_offsets(self) -> torch.Tensor | None:
         """An affine data type's block centres (dequantized under DQ); None for the others."""
-        return dequantize_absmax(self.nested_offsets) if self.nested_offsets is not None else self.offsets
+        return self.block_scales().offset
 
     def to_dict(self) -> dict:
         """Tensors and plain values only: what a state_dict can hold."""
         out = {"packed": self.packed, "shape": torch.tensor(list(self.shape)), "blocksize": self.blocksize,
                "dtype": str(self.dtype).removeprefix("torch."), "codebook": self.codebook.name,
                "codebook_values": self.codebook.tensor()}
+        if self.scale_format is not None:
+            out["scale_format"] = self.scale_format
+            out["codebook_unit"] = self.codebook.unit
+            out.update({f"scale_{key}": value for key, value in self.scales.items()})
+            return out
         if self.nested is None:
             out["absmax"] = self.absmax
         else:
@@ -71,7 +105,14 @@ class QuantState:
     @classmethod
     def from_dict(cls, data: dict) -> QuantState:
         affine = "offsets" in data or "offsets_codes" in data
-        book = Codebook(data["codebook"], tuple(data["codebook_values"].tolist()), affine=affine)
+        book = Codebook(data["codebook"], tuple(data["codebook_values"].tolist()), affine=affine,
+                        unit=float(data.get("codebook_unit", 1.0)))
+        if data.get("scale_format") is not None:
+            scales = {key.removeprefix("scale_"): value for key, value in data.items()
+                      if key.startswith("scale_") and key != "scale_format"}
+            return cls(packed=data["packed"], absmax=None, nested=None, shape=torch.Size(data["shape"].tolist()),
+                       dtype=getattr(torch, data["dtype"]), blocksize=int(data["blocksize"]), codebook=book,
+                       scale_format=data["scale_format"], scales=scales)
         nested = nested_offsets = None
         if "nested_codes" in data:
             nested = NestedState(codes=data["nested_codes"], absmax=data["nested_absmax"],

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from qlora_lab.catalog import CLASSIFYING_KINDS, KIND_FAMILIES
+
 
 @dataclass(frozen=True)
 class ModelKind:
@@ -126,13 +128,14 @@ def _roberta_template(ids: dict) -> Any:
 
 
 KINDS: dict[str, ModelKind] = {
-    "causal": ModelKind("causal", "AutoModelForCausalLM", "CAUSAL_LM", ("bloom", "gpt2", "gpt_neox", "llama", "opt"),
+    "causal": ModelKind("causal", "AutoModelForCausalLM", "CAUSAL_LM", KIND_FAMILIES["causal"],
                         encode=_encode_pairs, new_model=_new_llama, pretrain_loss=_next_token_loss),
-    "seq2seq": ModelKind("seq2seq", "AutoModelForSeq2SeqLM", "SEQ_2_SEQ_LM", ("t5",),
+    "seq2seq": ModelKind("seq2seq", "AutoModelForSeq2SeqLM", "SEQ_2_SEQ_LM", KIND_FAMILIES["seq2seq"],
                          encode=_encode_seq2seq, new_model=_new_t5, pretrain_loss=_continuation_loss,
                          template=_t5_template),
-    "classifier": ModelKind("classifier", "AutoModelForSequenceClassification", "SEQ_CLS", ("roberta",),
+    "classifier": ModelKind("classifier", "AutoModelForSequenceClassification", "SEQ_CLS", KIND_FAMILIES["classifier"],
                             encode=_encode_classes, new_model=_new_roberta, pretrain_loss=_masked_lm_loss,
-                            trained_heads=("classifier",), classifies=True, template=_roberta_template,
+                            trained_heads=("classifier",), classifies="classifier" in CLASSIFYING_KINDS,
+                            template=_roberta_template,
                             mask_token=True, saved_as="RobertaForSequenceClassification"),
 }

@@ -192,7 +192,7 @@ def test_int4_affine_bits_per_param_counts_its_zero_points(blocksize, double_qua
 
 
 @pytest.mark.parametrize("call,error,message", [
-    (lambda: quantize(torch.randn(8), "nf4", blocksize=48), ValueError, "blocksize 48 must be a power of two from 32 to 4096"),
+    (lambda: quantize(torch.randn(8), "nf4", blocksize=48), ValueError, "blocksize 48 must be a power of two from 16 to 4096"),
     (lambda: quantize(torch.randn(8), "nf4", blocksize=8192), ValueError, "blocksize 8192 must be a power of two"),
     (lambda: quantize(torch.randn(8), "nf4", blocksize=64.0), TypeError, "blocksize must be an int, not float"),
     (lambda: quantize(torch.randn(8), "nf9"), ValueError, "unknown codebook 'nf9'"),

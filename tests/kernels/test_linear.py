@@ -77,3 +77,38 @@ def test_peft_lora_wraps_it_and_trains_only_the_adapters():
     assert trainable and all("lora_" in n for n in trainable)
     peft_model(torch.randn(2, 80)).sum().backward()
     assert all(p.grad is not None for n, p in peft_model.named_parameters() if "lora_B" in n)
+
+
+NAMED = {"mxfp4": ("e2m1", 32, "e8m0"), "nvfp4": ("e2m1", 16, "e4m3"), "q4_0": ("int4_grid", 32, "fp16"),
+         "q4_k": ("uint4", 32, "q4_k"), "hqq4": ("uint4", 64, "hqq")}
+
+
+@pytest.mark.parametrize("name", NAMED)
+def test_the_2026_formats_forward_backward_round_trip_and_requantize(name):
+    book, blocksize, scale = NAMED[name]
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(256, 48)
+    quant = QuantLinear.from_linear(dense, book, blocksize, compute_dtype=torch.float32, scale=scale)
+    weight = dequantize(quant.quant_state(), torch.float32)
+    assert (weight - dense.weight).norm() < 0.25 * dense.weight.norm()  # it is that weight, in 4 bits
+    x = torch.randn(5, 256, requires_grad=True)
+    quant(x).pow(2).sum().backward()
+    reference = x.detach().clone().requires_grad_(True)
+    (reference @ weight.t() + quant.bias).pow(2).sum().backward()
+    torch.testing.assert_close(x.grad, reference.grad)
+    fresh = QuantLinear(256, 48, True, book, blocksize, compute_dtype=torch.float32, scale=scale)
+    fresh.load_state_dict(quant.state_dict())
+    assert torch.equal(fresh(x), quant(x))
+    stored = quant.stored_state()
+    quant.requantize(dense.weight.detach() * 2)
+    assert quant.quant_state().scale_format == scale and not torch.equal(quant(x), fresh(x))
+    quant.restore_state(stored)
+    assert torch.equal(quant(x), fresh(x))
+
+
+def test_a_state_dict_of_another_scale_format_is_refused():
+    dense = torch.nn.Linear(64, 16)
+    nvfp4 = QuantLinear.from_linear(dense, "e2m1", 16, compute_dtype=torch.float32, scale="e4m3")
+    mxfp4 = QuantLinear(64, 16, True, "e2m1", 16, compute_dtype=torch.float32, scale="e8m0")
+    with pytest.raises(ValueError, match="state_dict holds a scale of 'e4m3', this layer 'e8m0'"):
+        mxfp4.load_state_dict(nvfp4.state_dict())

@@ -203,3 +203,21 @@ def test_a_forked_child_decodes_on_threads_of_its_own():
                           env={**os.environ, "OMP_NUM_THREADS": "2"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "ok"
+
+
+# the 2026 formats: every scale format's decoded constants (a zero point first for HQQ, an offset
+# after for Q4_K, block size 16 for NVFP4) through each compiled path, equal to plain torch
+FORMATS = [("e2m1", 32, "e8m0"), ("e2m1", 32, "e8m0_rceil"), ("e2m1", 16, "e4m3"), ("nf4", 16, "e4m3"),
+           ("int4", 64, "e8m0"), ("int4_grid", 32, "fp16"), ("uint4", 32, "q4_k"), ("uint4", 64, "hqq"),
+           ("uint4", 16, "hqq"), ("e2m1", 64, "fp32"), ("e2m1", 16, "dq8")]
+
+
+@pytest.mark.parametrize("book, blocksize, scale", FORMATS)
+@pytest.mark.parametrize("shape", [(7,), (33, 65), (300, 1001)])
+def test_scale_formats_decode_on_every_path_as_torch_does(book, blocksize, scale, shape):
+    state = quantize(torch.randn(shape) * 0.05 + 0.01, book, blocksize=blocksize, scale=scale)
+    for dtype in (torch.float32, torch.bfloat16):
+        with native.enabled(False):
+            reference = dequantize(state, dtype)
+        for path, values in each_path(lambda: dequantize(state, dtype)).items():
+            assert torch.equal(values, reference), (dtype, path)

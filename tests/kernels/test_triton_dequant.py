@@ -36,6 +36,18 @@ CHECK = textwrap.dedent("""
                         assert ours.shape == ref.shape and ours.dtype == ref.dtype, (shape, dtype)
                         assert torch.equal(ours, ref), (book, blocksize, double_quant, dtype, shape)
                         checked += 1
+    # the 2026 formats: decoded block constants, a zero point first (HQQ), an offset after (Q4_K), blocks of 16
+    for book, blocksize, scale in (("e2m1", 32, "e8m0"), ("e2m1", 16, "e4m3"), ("int4_grid", 32, "fp16"),
+                                   ("uint4", 32, "q4_k"), ("uint4", 64, "hqq"), ("nf4", 16, "e8m0_rceil")):
+        for dtype in (torch.float32, torch.bfloat16):
+            for shape in shapes:
+                state = quantize(torch.randn(shape, dtype=dtype, device=device), book, blocksize=blocksize,
+                                 scale=scale)
+                ours = dequantize_4bit_triton(state)
+                with native.enabled(False):
+                    ref = dequantize(state)
+                assert torch.equal(ours, ref), (book, blocksize, scale, dtype, shape)
+                checked += 1
     print("checked", checked)
 """)
 
@@ -49,7 +61,7 @@ def run_check(device: str, interpret: bool) -> subprocess.CompletedProcess:
 def test_triton_kernel_equals_the_reference_under_the_interpreter():
     proc = run_check("cpu", interpret=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip() == "checked 400"
+    assert proc.stdout.strip() == "checked 460"
 
 
 @pytest.mark.gpu
