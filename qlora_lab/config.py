@@ -155,12 +155,10 @@ class DTypeConfig:
     compute_dtype: str = "auto"  # matmuls and unquantized weights; auto: bf16 where native, else fp32
     codebook: Optional[dict] = None  # backend lab: a codebook spec of your own ({kind: normal_float, bits: 3})
 
-    def __post_init__(self) -> None:
-        self.resolve_scale()
-
     def resolve_scale(self) -> None:
         """Fill in whichever of `scale` and `double_quant` was left null from the other (or the data
-        type's default), so that a record names both; a contradiction is left for validate()."""
+        type's default), so that a record names both (validate() does, after the schema's defaults
+        are composed: the schema itself keeps both null)."""
         spec = CUSTOM if self.codebook is not None else DTYPES.get(self.name)
         if spec is None or not spec.blockwise:
             return

@@ -15,8 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from qlora_lab.config import RunConfig
-from qlora_lab.model.dtypes import DTYPES
-from qlora_lab.model.targets import LINEAR_SHAPES, target_names
+from qlora_lab.catalog import DTYPES, LINEAR_SHAPES, SCALE_FORMATS, target_names
 
 BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 OPTIMIZER_BYTES = {  # per trainable parameter
@@ -60,7 +59,8 @@ def stored_bytes_per_weight(dtype) -> float:
         return bits / 8
     if dtype.name == "int8":
         return 1.0  # plus one float32 scale per row, counted by the caller
-    per_block = 8 / dtype.blocksize + 32 / (dtype.blocksize * 256) if dtype.double_quant else 32 / dtype.blocksize
+    scale = SCALE_FORMATS[getattr(dtype, "scale", None) or ("dq8" if dtype.double_quant else "fp32")]
+    per_block = scale.bits_per_param(0, dtype.blocksize)
     constants = 2 if dtype.name.endswith("_affine") else 1  # an affine type stores a zero point beside the scale
     return (bits + constants * per_block) / 8
 

@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import platform
+import re
 import subprocess
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -88,16 +89,31 @@ def paper_name(dtype: str) -> str:
     """A data type's name as the paper writes it, by rule rather than a copied list: nf4 -> NF4,
     fp4_e3m0 -> FP4-E3M0, int4 -> Int4, bf16 -> BF16, int4_affine -> Int4-affine (a part without
     digits is a word, kept in lower case)."""
+    if re.fullmatch(r"q\d_\w+", dtype):  # llama.cpp's names: Q4_0, Q4_K
+        return dtype.upper()
     parts = [part if part.isalpha() and i else part.upper() for i, part in enumerate(dtype.split("_"))]
     label = "-".join(parts)
     return "Int" + label[3:] if label.startswith("INT") else label
+
+
+def dtype_label(dtype: dict) -> str:
+    """A data type as the tables name it: NF4+DQ, FP4, NVFP4; a scale format the data type does not
+    store by default is named after it (`dtype=nf4 dtype.scale=e4m3`: NF4+E4M3)."""
+    from qlora_lab.catalog import DTYPES
+
+    name = str(dtype.get("name") or "?")
+    label = paper_name(name) + ("+DQ" if dtype.get("double_quant") is True else "")
+    scale, spec = dtype.get("scale"), DTYPES.get(name)
+    if isinstance(scale, str) and scale not in ("fp32", "dq8") and (spec is None or scale != spec.scale):
+        label += "+" + scale.upper()
+    return label
 
 
 def run_label(config: dict) -> str:
     """A run as a person names it on a dashboard: `NF4+DQ · all · r64 · seed 0`; an eval-only run
     of the quantized base `NF4+DQ · PTQ`; full fine-tuning `BF16 full · seed 0`."""
     dtype, lora, train = config.get("dtype", {}), config.get("lora", {}), config.get("train", {})
-    label = paper_name(str(dtype.get("name", "?"))) + ("+DQ" if dtype.get("double_quant") is True else "")
+    label = dtype_label(dtype)
     if train.get("max_steps") == 0:
         return f"{label} · PTQ"
     if lora.get("enabled") is False:

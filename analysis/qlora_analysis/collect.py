@@ -13,10 +13,11 @@ from pathlib import Path
 import pandas as pd
 
 from qlora_lab.records import RECORD_NAME, SCHEMA, paper_name, versions  # noqa: F401  (paper_name: re-exported)
+from qlora_lab.records import dtype_label as record_dtype_label
 
 # Axes every study slices by, as config paths (a group's name for a group); swept overrides
 # add their own keys beside these.
-STANDARD_AXES = ("model", "model.checkpoint", "dataset", "dataset.task", "dtype", "dtype.double_quant", "dtype.backend",
+STANDARD_AXES = ("model", "model.checkpoint", "dataset", "dataset.task", "dtype", "dtype.double_quant", "dtype.scale", "dtype.backend",
                  "dtype.blocksize", "lora.targets", "lora.r", "lora.init", "lora.dora", "lora.rslora",
                  "train.learning_rate", "train.max_steps", "train.seed")
 ADAPTER_KEYS = ("lora.init", "lora.dora", "lora.rslora")  # the adapter variant (records before them: plain LoRA)
@@ -253,7 +254,7 @@ def _missing(value) -> bool:
 
 def dtype_label(row: dict) -> str:
     """The paper's names: NF4+DQ, FP4, Int4, BF16, ..."""
-    label = paper_name(str(row.get("dtype") or "?"))
     if row.get("full_finetune"):
-        return f"{label} full"  # Table 3's "BF16 full fine-tuning" row; LoRA on the same dtype is plain BF16
-    return label + ("+DQ" if row.get("dtype.double_quant") is True else "")
+        return f"{paper_name(str(row.get('dtype') or '?'))} full"  # Table 3's "BF16 full fine-tuning" row
+    return record_dtype_label({"name": row.get("dtype"), "double_quant": row.get("dtype.double_quant"),
+                                "scale": row.get("dtype.scale")})

@@ -92,7 +92,8 @@ def _init_key(path: str, dtype: DTypeConfig, lora: LoraConfig, target_pattern: s
             "targets": target_pattern, "version": INIT_VERSION}
     if lora.init == "loftq":
         spec.update(loftq_iter=lora.loftq_iter, dtype=[dtype.name, dtype.codebook, dtype.blocksize,
-                                                       dtype.double_quant, dtype.compute_dtype])
+                                                       dtype.double_quant, dtype.compute_dtype]
+                    + ([dtype.scale] if dtype.scale not in (None, "fp32", "dq8") else []))
     else:
         spec.update(pissa_niter=lora.pissa_niter, seed=seed if lora.pissa_niter else None)
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -185,7 +186,8 @@ def roundtrip(weight: torch.Tensor, dtype: DTypeConfig) -> torch.Tensor:
     from qlora_lab.model.lab_backend import lab_codebook
     from qlora_lab.model.quantize import load_dtype
 
-    state = quantize(weight.to(load_dtype(dtype)), lab_codebook(dtype), dtype.blocksize, bool(dtype.double_quant))
+    state = quantize(weight.to(load_dtype(dtype)), lab_codebook(dtype), dtype.blocksize, bool(dtype.double_quant),
+                     scale=dtype.scale)
     return dequantize(state, torch.float32)
 
 

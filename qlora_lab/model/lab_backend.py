@@ -11,10 +11,12 @@ from qlora_lab.model.quantize import torch_dtype
 
 
 def lab_codebook(dtype: DTypeConfig):
-    """The data type's codebook: a shipped one by name, or the config's own spec."""
+    """The data type's codebook: a shipped one by name (mxfp4's is e2m1), or the config's own spec."""
     from qlora_kernels import codebook, codebook_from_spec
 
-    return codebook_from_spec(dtype.name, dtype.codebook) if dtype.codebook else codebook(dtype.name)
+    from qlora_lab.catalog import codebook_name
+
+    return codebook_from_spec(dtype.name, dtype.codebook) if dtype.codebook else codebook(codebook_name(dtype.name))
 
 
 def quantize_linears(model: torch.nn.Module, dtype: DTypeConfig, skip: set[int]) -> int:
@@ -29,7 +31,8 @@ def quantize_linears(model: torch.nn.Module, dtype: DTypeConfig, skip: set[int])
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         linear = _as_linear(layer) if isinstance(layer, Conv1D) else layer
-        setattr(parent, child, QuantLinear.from_linear(linear, book, dtype.blocksize, dtype.double_quant, compute))
+        setattr(parent, child, QuantLinear.from_linear(linear, book, dtype.blocksize, bool(dtype.double_quant),
+                                                       compute, scale=dtype.scale))
     return len(swaps)
 
 

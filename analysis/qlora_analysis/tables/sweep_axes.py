@@ -20,7 +20,7 @@ SWEPT_METRICS = (("eval_loss", "eval loss", 3), ("ppl", "perplexity", 2), ("roug
 AXIS_NAMES = {"dtype_label": "data type", "lora.targets": "LoRA targets", "lora.r": "LoRA r",
               "train.learning_rate": "learning rate", "train.max_steps": "steps"}
 POOLED = {"train.seed"}  # what a configuration's runs differ in: pooled into its interval
-FOLDED = {"dtype": "dtype_label", "dtype.double_quant": "dtype_label"}  # shown through the data type's label
+FOLDED = {"dtype": "dtype_label", "dtype.double_quant": "dtype_label", "dtype.scale": "dtype_label"}  # shown through the data type's label
 
 
 def one_sweep(runs: pd.DataFrame) -> bool:
