@@ -65,6 +65,13 @@ def test_estimate_counts_the_papers_bits_per_parameter_for_the_base_weights():
     assert nf4.base_weights_mb * 2**20 == pytest.approx(params * (4 + 8 / 64 + 32 / (64 * 256)) / 8, rel=1e-3)
     no_dq = estimate_memory(_config("model=llama_65b", "dtype.double_quant=false"), "bf16")
     assert no_dq.base_weights_mb * 2**20 == pytest.approx(params * (4 + 32 / 64) / 8, rel=1e-3)
+    # the 2026 formats at their stored bits: a 65B NVFP4 base (E4M3 per 16) and MXFP4 (E8M0 per 32)
+    nvfp4 = estimate_memory(_config("model=llama_65b", "dtype=nvfp4"), "bf16")
+    assert nvfp4.base_weights_mb * 2**20 == pytest.approx(params * (4 + 8 / 16) / 8, rel=1e-3)
+    mxfp4 = estimate_memory(_config("model=llama_65b", "dtype=mxfp4"), "bf16")
+    assert mxfp4.base_weights_mb * 2**20 == pytest.approx(params * (4 + 8 / 32) / 8, rel=1e-3)
+    q4_k = estimate_memory(_config("model=llama_65b", "dtype=q4_k"), "bf16")
+    assert q4_k.base_weights_mb * 2**20 == pytest.approx(params * 4.5 / 8, rel=1e-3)
     qv = estimate_memory(_config("model=llama_65b", "lora.targets=qv"), "bf16")
     assert qv.lora_mb < nf4.lora_mb and qv.optimizer_mb == pytest.approx(2 * qv.lora_mb)
 
