@@ -13,6 +13,9 @@
 - bandwidth (bytes read + written per second) of our fp32 dequantize into a preallocated output,
   per path, against a memory copy;
 - quantize: compiled, plain torch, bitsandbytes;
+- the 4-bit formats of 2026 (MXFP4, NVFP4, Q4_0, Q4_K, HQQ) beside NF4 + DQ: quantize time, and
+  each compiled path's fp32 decode into a preallocated output (as a fraction of copy bandwidth)
+  and into a fresh one (against `fill`); `--formats-only` runs this table alone;
 - peak memory of a QLoRA run (tiny model, 5 steps) with dtype.backend=lab vs bnb: its training
   steps' peak of tensor allocations (the record's peak_tensor_mb) and the whole run's peak RSS.
 Times are the best of `repeats` after a warm-up call. The CPU's model and vector flags head the output.
@@ -144,6 +147,37 @@ def quantize_row(size: int, repeats: int) -> tuple[float, float, float]:
     return compiled, plain, best_ms(lambda: bnbf.quantize_4bit(weight, blocksize=64, quant_type="nf4"), few)
 
 
+FORMATS = {"nf4+dq8": ("nf4", 64, "dq8"), "mxfp4": ("e2m1", 32, "e8m0"), "nvfp4": ("e2m1", 16, "e4m3"),
+           "q4_0": ("int4_grid", 32, "fp16"), "q4_k": ("uint4", 32, "q4_k"), "hqq4": ("uint4", 64, "hqq")}
+
+
+def formats_table(size: int, repeats: int) -> None:
+    """Per format: quantize ms; per decode path, fp32 decode into a preallocated output as a fraction
+    of a memory copy's bandwidth (bytes read + written), and into a fresh output against `fill`."""
+    from qlora_kernels import dequantize, quantize
+
+    native = _check_native()
+    paths = native.decode_paths()
+    weight, src, out = torch.randn(size, size), torch.randn(size, size), torch.empty(size, size)
+    copy_gbs = 2 * out.numel() * 4 / best_ms(lambda: out.copy_(src), repeats) / 1e6
+    fill = best_ms(lambda: torch.empty(size * size).fill_(1.0), repeats)
+    print(f"\nthe 4-bit formats of 2026, {size}x{size}, fp32 output (copy {copy_gbs:.1f} GB/s, fill {fill:.2f} ms):")
+    print(f"{'format':<9}{'bits':>6}{'quantize ms':>13}" + "".join(f"{p + ' /copy':>13}{p + ' /fill':>13}"
+                                                                    for p in paths))
+    for name, (book, blocksize, scale) in FORMATS.items():
+        quantize_ms = best_ms(lambda: quantize(weight, book, blocksize, scale=scale), max(2, repeats // 3))
+        state = quantize(weight, book, blocksize, scale=scale)
+        moved = state.stored_bits / 8 + out.numel() * 4
+        cells = ""
+        for path in paths:
+            with native.decode_path(path):
+                into = best_ms(lambda: dequantize(state, torch.float32, out=out), repeats)
+                fresh = best_ms(lambda: dequantize(state, torch.float32), repeats)
+            cells += f"{moved / into / 1e6 / copy_gbs:>13.2f}{fresh / fill:>13.2f}"
+        print(f"{name:<9}{state.bits_per_param:>6.2f}{quantize_ms:>13.1f}" + cells)
+        sys.stdout.flush()
+
+
 def peak_memory(backend: str, work: Path) -> tuple[float, float]:
     """(peak of tensor allocations over the training steps, peak RSS of the whole run) in MB."""
     run_dir = work / backend
@@ -169,7 +203,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--equal-terms", choices=EQUAL_TERMS, help="one equal-terms table alone (a child)")
+    parser.add_argument("--formats-only", action="store_true", help="the 2026 formats' table alone")
     args = parser.parse_args()
+    if args.formats_only:
+        print(cpu_line())
+        formats_table(args.size, args.repeats)
+        return
     if args.equal_terms:
         title, _ = EQUAL_TERMS[args.equal_terms]
         print_dequant(title, dequant_times(args.size, args.repeats, advise=args.equal_terms == "both"))
@@ -192,6 +231,7 @@ def main() -> None:
     compiled, plain, theirs = quantize_row(args.size, args.repeats)
     print(f"\nquantize nf4: compiled {compiled:.1f} ms, plain torch {plain:.1f} ms, bitsandbytes {theirs:.1f} ms "
           f"({theirs / compiled:.1f}x)")
+    formats_table(args.size, args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
         lab = [peak_memory("lab", Path(tmp) / f"a{i}") for i in range(2)]
         bnb = [peak_memory("bnb", Path(tmp) / f"b{i}") for i in range(2)]
