@@ -368,7 +368,7 @@ class RunConfig:
         if init == "loftq" and not DTYPES.get(self.dtype.name, CUSTOM).blockwise:
             raise ConfigError("lora.init", init, f"fits the error of a blockwise k-bit data type (nf4, fp4, int4, "
                                                  f"nf3, ...); dtype={self.dtype.name} has none to fit")
-        from qlora_lab.model.checkpoint_config import quantized_checkpoint
+        from qlora_lab.checkpoint_config import quantized_checkpoint
 
         stored = quantized_checkpoint(self.model.path) if self.model.source == "pretrained" else None
         if stored:
@@ -398,7 +398,7 @@ GROUPS: dict[str, type] = typing.get_type_hints(RunConfig)  # group name -> its 
 def resolve_own_model(model: ModelConfig) -> ModelConfig:
     """The researcher's own checkpoint (`model.path`): name, kind, family and arch read from its
     config.json, loaded as `source=pretrained`."""
-    from qlora_lab.model.checkpoint_config import own_model_fields
+    from qlora_lab.checkpoint_config import own_model_fields
 
     fields = own_model_fields(model.path)
     return dataclasses.replace(model, **{**fields, "arch": Arch(**fields["arch"])}, source="pretrained", pretrain=None)

@@ -115,6 +115,16 @@ def test_analysis_imports_only_the_record_schema_of_qlora_lab():
     assert used <= {"qlora_lab.records"}, used
 
 
+def test_config_and_the_model_package_do_not_depend_on_each_other():
+    """The registries both read sit below them (qlora_lab.catalog): config imports nothing of model/."""
+    edges = graph()
+    config_side = {n: d for n, d in edges.items() if n in ("qlora_lab.config", "qlora_lab.config_eval",
+                                                           "qlora_lab.config_checks", "qlora_lab.catalog")}
+    assert {n: sorted(x for x in d if x.startswith("qlora_lab.model")) for n, d in config_side.items()
+            if any(x.startswith("qlora_lab.model") for x in d)} == {}
+    assert "qlora_lab.catalog" in edges["qlora_lab.config"]
+
+
 def test_config_and_records_load_no_torch():
     code = "import sys, qlora_lab.config, qlora_lab.records; print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from qlora_lab.config_checks import ConfigError
-from qlora_lab.model.targets import MODEL_TYPES
+from qlora_lab.catalog import MODEL_TYPES
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # `gpt2`, `facebook/opt-125m`
 
