@@ -47,6 +47,7 @@ DTYPES: dict[str, DTypeSpec] = {
     "nf2": DTypeSpec(2, True, ("lab",), _BLOCKS),
     "fp4_e3m0": DTypeSpec(4, True, ("lab",), _BLOCKS),
     # the 4-bit formats of 2026: a codebook x a scale format (qlora_kernels.scale_specs) x a block size
+    "e2m1": DTypeSpec(4, True, ("lab",), _LAB, codebook="e2m1"),  # OCP E2M1 values with any scale format (the cross)
     "mxfp4": DTypeSpec(4, True, ("lab",), _LAB, codebook="e2m1", scale="e8m0"),  # OCP MX: E2M1, 2^k per 32
     "nvfp4": DTypeSpec(4, True, ("lab",), _LAB, codebook="e2m1", scale="e4m3"),  # E2M1, E4M3 per 16, fp32 per tensor
     "q4_0": DTypeSpec(4, True, ("lab",), _LAB, codebook="int4_grid", scale="fp16"),  # llama.cpp

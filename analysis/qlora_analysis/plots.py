@@ -180,6 +180,40 @@ def kl_by(runs: pd.DataFrame, column: str, out: Path) -> Path | None:
     return _save(fig, out / name)
 
 
+def formats_pareto(runs: pd.DataFrame, out: Path) -> Path | None:
+    """The 4-bit formats of 2026: KL to the unquantized final checkpoint against bits per parameter
+    as stored, every format labelled (a cross's cells with their block size), the Pareto front drawn."""
+    from qlora_analysis.tables.fidelity import ptq_fidelity
+
+    have = ptq_fidelity(runs)
+    if have.empty or "dtype.scale" not in have or have["dtype.scale"].isna().all():
+        return None
+    have = have[(have["checkpoint"] == "final") & (have["bits_per_param"] < 16) & have["dtype.scale"].notna()]
+    have = have.assign(name=have["dtype_label"] + " /" + have["dtype.blocksize"].astype(int).astype(str))
+    have = have.drop_duplicates("name").sort_values(["bits_per_param", "kl_to_base"])
+    if len(have) < 2:
+        return None
+    best_before = have["kl_to_base"].cummin().shift()
+    front = have[best_before.isna() | (have["kl_to_base"] < best_before)]
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    named = have["dtype"].isin(["mxfp4", "nvfp4", "q4_0", "q4_k", "hqq4"]) | (have["dtype_label"] == "NF4+DQ")
+    ax.scatter(have.loc[~named, "bits_per_param"], have.loc[~named, "kl_to_base"], s=14, color="grey",
+               label="codebook x scale format x block size")
+    ax.scatter(have.loc[named, "bits_per_param"], have.loc[named, "kl_to_base"], s=40, color="tab:red",
+               label="named formats (and NF4+DQ)")
+    for i, (_, row) in enumerate(have.iterrows()):
+        ax.annotate(row["name"], (row["bits_per_param"], row["kl_to_base"]), fontsize=5 if not named.loc[row.name] else 7,
+                    xytext=(4, (i % 3 - 1) * 5), textcoords="offset points")
+    ax.step(front["bits_per_param"], front["kl_to_base"], where="post", color="black", linewidth=1,
+            label="Pareto front")
+    ax.set_yscale("log")
+    ax.set_xlabel("bits per parameter as stored")
+    ax.set_ylabel("KL to the unquantized base (nats/token)")
+    ax.set_title("The 4-bit formats of 2026: fidelity against stored bits (final checkpoint)")
+    ax.legend(fontsize=7)
+    return _save(fig, out / "formats_kl_vs_bits.png")
+
+
 def zero_shot_vs_bits(runs: pd.DataFrame, out: Path) -> Path | None:
     """Figure 3's axes for eval-only runs: accuracy against total model bits, a line per checkpoint."""
     from qlora_analysis.tables.fidelity import checkpoint_name, checkpoints_in_order
@@ -216,7 +250,7 @@ def all_plots(runs: pd.DataFrame, elo: pd.DataFrame | None, out: Path) -> list[P
     made = [metric_vs_bits(runs, out), rouge_by_targets(runs, out), elo_intervals(elo, out),
             pareto(runs, "peak_memory_mb", out), pareto(runs, "train_s", out)]
     if "kl_to_base" in runs:
-        made += [kl_by(runs, "model.checkpoint", out), kl_by(runs, "dtype.blocksize", out)]
+        made += [kl_by(runs, "model.checkpoint", out), kl_by(runs, "dtype.blocksize", out), formats_pareto(runs, out)]
     made.append(zero_shot_vs_bits(runs, out))
     return [path for path in made if path is not None]
 

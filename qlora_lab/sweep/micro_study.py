@@ -43,8 +43,12 @@ def build_base(overrides: list[str] = ()) -> Path:
 
 
 SWEEPS = {"finetune": "micro", "ptq": "micro_ptq", "blocksize": "micro_blocksize"}  # folder -> sweep file
-# `--adapters` (`make adapters-study`): the adapter-variant study, into the same folder and report
+# the studies run on their own into the same folder and report: `--adapters` (`make adapters-study`),
+# the adapter variants; `--formats` (`make formats-study`), the 4-bit formats of 2026
 ADAPTER_SWEEPS = {"adapters_init": "adapters_init", "adapters": "adapters"}
+FORMAT_SWEEPS = {"formats_ptq": "micro_formats", "formats_cross": "micro_formats_cross",
+                 "formats_ft": "micro_formats_ft"}
+STUDIES = {"adapters": ADAPTER_SWEEPS, "formats": FORMAT_SWEEPS}
 
 
 def run_times(sweep_dir: Path) -> dict[str, float]:
@@ -65,7 +69,10 @@ def main() -> None:
     parser.add_argument("--adapters", action="store_true",
                         help="run the adapter study (sweeps/adapters_init.yaml, sweeps/adapters.yaml) into the same "
                              "folder and rebuild the report with it; the other sweeps' timing is kept")
-    for folder, sweep in {**SWEEPS, **ADAPTER_SWEEPS}.items():
+    parser.add_argument("--formats", action="store_true",
+                        help="run the 2026 formats study (sweeps/micro_formats*.yaml) into the same folder and "
+                             "rebuild the report with it; the other sweeps' timing is kept")
+    for folder, sweep in {**SWEEPS, **ADAPTER_SWEEPS, **FORMAT_SWEEPS}.items():
         parser.add_argument(f"--{folder}-args", default="", help=f"extra overrides for sweeps/{sweep}.yaml only")
     args = parser.parse_args()
     timing_file = args.out / "timing.json"
@@ -76,23 +83,23 @@ def main() -> None:
             sys.exit(2)
         write_report(args.sweep_dir, args.out, json.loads(timing_file.read_text())["phases_s"])
         return
+    study = "adapters" if args.adapters else "formats" if args.formats else None
     phases: dict[str, float] = {}
-    if args.adapters and timing_file.exists():  # the other sweeps ran before: their times stay in the report
+    if study and timing_file.exists():  # the other sweeps ran before: their times stay in the report
         phases = {k: v for k, v in json.loads(timing_file.read_text())["phases_s"].items()
-                  if not k.startswith(("adapters", "analysis"))}
+                  if not k.startswith((study, "analysis"))}
 
     start = time.perf_counter()
     print(f"base: {build_base(args.overrides)}", flush=True)
-    phases[("adapters: " if args.adapters else "") + "pretraining (base build, or cache hit)"] = \
-        time.perf_counter() - start
+    phases[(f"{study}: " if study else "") + "pretraining (base build, or cache hit)"] = time.perf_counter() - start
 
-    if args.adapters:
-        for folder, sweep in ADAPTER_SWEEPS.items():
+    if study:
+        for folder, sweep in STUDIES[study].items():
             start = time.perf_counter()
             _run("-m", "qlora_lab.train", "-m", f"+sweep={sweep}", "hydra/launcher=local",
                  f"hydra.sweep.dir={args.sweep_dir / folder}", *args.overrides,
                  *shlex.split(getattr(args, f"{folder}_args")))
-            phases[f"adapters: sweep {folder} (sweeps/{sweep}.yaml, wall)"] = time.perf_counter() - start
+            phases[f"{study}: sweep {folder} (sweeps/{sweep}.yaml, wall)"] = time.perf_counter() - start
         write_report(args.sweep_dir, args.out, phases)
         return
 

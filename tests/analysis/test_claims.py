@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from qlora_analysis.collect import collect
-from qlora_analysis.tables.claims import Evidence, claims, verdict
+from qlora_analysis.tables.claims import claims
+from qlora_analysis.tables.evidence import Evidence, verdict
 from synthetic_runs import write_run
 
 

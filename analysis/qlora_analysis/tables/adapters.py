@@ -15,7 +15,7 @@ import pandas as pd
 
 from qlora_analysis.intervals import mean_interval, shown
 from qlora_analysis.tables import Table, table
-from qlora_analysis.tables.claims import Evidence, paired_gap, seed_floor, verdict
+from qlora_analysis.tables.evidence import Evidence, paired_gap, seed_floor, verdict
 from qlora_analysis.tables.fidelity import KL_SCALE
 
 BASELINE = "LoRA"

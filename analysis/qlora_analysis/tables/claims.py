@@ -14,101 +14,21 @@ Two kinds of evidence:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import pandas as pd
 
-from qlora_analysis.collect import plain_lora
-from qlora_analysis.intervals import t_975
 from qlora_analysis.tables import Table, table
+from qlora_analysis.tables.evidence import (Evidence, config_label, final_ptq, finetuned, flipped, paired_gap,
+                                            ptq_gap, seed_floor, verdict)
 from qlora_analysis.tables.fidelity import KL_SCALE, ptq_fidelity
-
-
-@dataclass
-class Evidence:
-    difference: float  # how much better the claimed winner is (positive: as the paper says)
-    half: float  # 95% half-interval of the difference
-    floor: float  # the noise floor the difference is judged against
-    ours: str  # as shown
-    unit: str
-
-
-def verdict(e: Evidence, equality: tuple[str, str] | None = None) -> str:
-    """`equality`: a "matches" claim, with what to say when the difference is positive / negative."""
-    low, high = e.difference - e.half, e.difference + e.half
-    beyond = abs(e.difference) > e.floor
-    if equality:
-        if abs(e.difference) <= e.floor or low <= 0 <= high:
-            return "holds"
-        return f"does not hold ({equality[0] if e.difference > 0 else equality[1]})"
-    if low > 0 and beyond:
-        return "holds"
-    if high < 0 and beyond:
-        return "reversed"
-    return "below the noise floor"
-
-
-def _ptq(runs: pd.DataFrame) -> pd.DataFrame:
-    have = ptq_fidelity(runs)
-    if have.empty:
-        return have
-    have = have[have["checkpoint"] == "final"]
-    if "dtype.blocksize" in have:
-        have = have[have["dtype.blocksize"].isna() | (have["dtype.blocksize"] == 64)]
-    return have.sort_values("dtype.backend").drop_duplicates(subset=["dtype_label"]).set_index("dtype_label")
-
-
-def ptq_gap(ptq: pd.DataFrame, better: str, worse: str) -> Evidence | None:
-    """KL(worse) - KL(better), in 10^-3 nats, its interval from both runs' intervals."""
-    if better not in ptq.index or worse not in ptq.index:
-        return None
-    a, b = ptq.loc[better], ptq.loc[worse]
-    half_a, half_b = (a["kl_to_base_hi"] - a["kl_to_base_lo"]) / 2, (b["kl_to_base_hi"] - b["kl_to_base_lo"]) / 2
-    half = math.hypot(half_a, half_b) * KL_SCALE
-    diff = (b["kl_to_base"] - a["kl_to_base"]) * KL_SCALE
-    return Evidence(diff, half, half, f"KL {better} {a['kl_to_base'] * KL_SCALE:.3f} vs {worse} "
-                                      f"{b['kl_to_base'] * KL_SCALE:.3f}; gap {diff:+.3f} ± {half:.3f}", "10^-3 nats")
-
-
-def _finetuned(runs: pd.DataFrame) -> pd.DataFrame:
-    if runs.empty or "train.max_steps" not in runs:
-        return runs.iloc[0:0]
-    runs = plain_lora(runs)
-    return runs[(runs["train.max_steps"] > 0) & runs["eval_loss"].notna()]
-
-
-def seed_floor(fine: pd.DataFrame) -> float:
-    """The spread between seeds of one configuration: the pooled sd of the loss over seeds."""
-    variances = fine.groupby("config")["eval_loss"].var(ddof=1).dropna()
-    return math.sqrt(variances.mean()) if not variances.empty else math.nan
-
-
-def paired_gap(fine: pd.DataFrame, better: str, worse: str, floor: float) -> Evidence | None:
-    """loss(worse) - loss(better) per shared seed; mean and Student's t interval over seeds."""
-    # one loss per seed: runs of one configuration and seed that differ in an axis the label does
-    # not show (the dataset) are averaged (pandas 3 refused the per-seed lookup they made ambiguous)
-    a = fine[fine["config"] == better].groupby("train.seed")["eval_loss"].mean()
-    b = fine[fine["config"] == worse].groupby("train.seed")["eval_loss"].mean()
-    shared = sorted(set(a.index) & set(b.index))
-    if len(shared) < 2:
-        return None
-    diffs = (b[shared] - a[shared]).reset_index(drop=True)
-    half = float(t_975(len(diffs) - 1) * diffs.std(ddof=1) / math.sqrt(len(diffs)))
-    mean = float(diffs.mean())
-    return Evidence(mean, half, floor, f"loss {better} {a[shared].mean():.4f} vs {worse} {b[shared].mean():.4f}; "
-                                       f"gap {mean:+.4f} ± {half:.4f} ({len(shared)} seeds, paired)", "nats/token")
-
-
-def _label(fine: pd.DataFrame, dtype: str, targets: str) -> str | None:
-    match = fine[(fine["dtype_label"] == dtype) & (fine["lora.targets"] == targets)]["config"]
-    return match.iloc[0] if not match.empty else None
+from qlora_analysis.tables.formats_2026 import evidence as format_evidence
 
 
 @table("claims")
 def claims(runs, judgments):
     if runs.empty or "dtype_label" not in runs:
         return None
-    ptq, fine = _ptq(runs), _finetuned(runs)
+    ptq, fine = final_ptq(runs), finetuned(runs)
     floor = seed_floor(fine) if not fine.empty else math.nan
     rows = []
 
@@ -127,17 +47,17 @@ def claims(runs, judgments):
     add("Double quantization saves 0.373 bits per parameter", "Section 3: 0.5 -> 0.127 bits (blocksize 64)",
         _dq_saving(ptq if not ptq.empty else None, runs), equality=("saves more", "saves less"))
     if not fine.empty:
-        bf16, nf4dq = _label(fine, "BF16", "all"), _label(fine, "NF4+DQ", "all")
-        nf4 = _label(fine, "NF4", "all")
+        bf16, nf4dq = config_label(fine, "BF16", "all"), config_label(fine, "NF4+DQ", "all")
+        nf4 = config_label(fine, "NF4", "all")
         if bf16 and nf4dq:
             add("4-bit fine-tuning matches 16-bit (NF4+DQ vs BF16, LoRA on all layers)",
-                "Table 4: NF4+DQ matches BF16 (MMLU)", _flipped(paired_gap(fine, bf16, nf4dq, floor)),
+                "Table 4: NF4+DQ matches BF16 (MMLU)", flipped(paired_gap(fine, bf16, nf4dq, floor)),
                 equality=("4-bit better", "4-bit worse"))
         if nf4 and nf4dq:
             add("Double quantization costs nothing after fine-tuning", "Table 3/4: NF4+DQ matches NF4",
-                _flipped(paired_gap(fine, nf4, nf4dq, floor)), equality=("DQ better", "DQ worse"))
+                flipped(paired_gap(fine, nf4, nf4dq, floor)), equality=("DQ better", "DQ worse"))
         for targets in ("attn", "qv"):
-            worse = _label(fine, "NF4+DQ", targets)
+            worse = config_label(fine, "NF4+DQ", targets)
             if nf4dq and worse:
                 add(f"LoRA on all linear layers beats LoRA on {targets} only (NF4+DQ)",
                     "Figure 2: only all-layer LoRA matches 16-bit", paired_gap(fine, nf4dq, worse, floor))
@@ -147,6 +67,8 @@ def claims(runs, judgments):
                      & (blocks["checkpoint"] == "final")].drop_duplicates("dtype_label").set_index("dtype_label")
         add("Beyond the paper: Int4-affine beats NF4 at blocksize 32", "bitsandbytes #2086 (0.5B-1.1B models)",
             ptq_gap(b32, "Int4-affine", "NF4"))
+    for claim, reference, evidence, equality in format_evidence(runs):  # the 2026 formats' verdicts
+        add(f"Beyond the paper: {claim}", reference, evidence, equality)
     if not rows:
         return None
     frame = pd.DataFrame(rows).set_index("claim")
@@ -156,11 +78,6 @@ def claims(runs, judgments):
                       "KL to the unquantized base of the final checkpoint, floor = the difference's 95% interval "
                       "over text windows. Fine-tuning rows: held-out loss, paired over seeds; floor = the spread "
                       "between seeds of one configuration (pooled sd).")
-
-
-def _flipped(e: Evidence | None) -> Evidence | None:
-    """For "4-bit matches 16-bit": positive when the 4-bit side is better."""
-    return None if e is None else Evidence(-e.difference, e.half, e.floor, e.ours, e.unit)
 
 
 def _dq_saving(ptq: pd.DataFrame | None, runs: pd.DataFrame) -> Evidence | None:
