@@ -97,8 +97,9 @@ adapters-study: install
 	$(PY) -m qlora_lab.micro_study --adapters
 
 # The 4-bit formats of 2026 on the same base (MXFP4, NVFP4, Q4_0, Q4_K, HQQ against NF4 + DQ: PTQ on
-# three checkpoints, a codebook x scale format x block size cross, fine-tuning with 3 seeds): into
-# the micro-study's folder and report, its section "The 4-bit formats of 2026"
+# three checkpoints, a codebook x scale format x block size cross, fine-tuning with 3 seeds):
+# multirun/formats-study, reports/formats-study/report.md with its section "The 4-bit formats of 2026"
+# (`--sweep-dir multirun/micro-study --out reports/micro-study` adds it to the micro-study's report)
 formats-study: install
 	$(PY) -m qlora_lab.micro_study --formats
 

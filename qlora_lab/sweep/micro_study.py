@@ -61,8 +61,8 @@ def run_times(sweep_dir: Path) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sweep-dir", type=Path, default=REPO / "multirun" / "micro-study")
-    parser.add_argument("--out", type=Path, default=REPO / "reports" / "micro-study")
+    parser.add_argument("--sweep-dir", type=Path, help="default: multirun/micro-study (--formats: multirun/formats-study)")
+    parser.add_argument("--out", type=Path, help="default: reports/micro-study (--formats: reports/formats-study)")
     parser.add_argument("--report-only", action="store_true",
                         help="rebuild the report from the sweep folder and the timing of the run that made it")
     parser.add_argument("overrides", nargs="*", help="extra overrides for every sweep (e.g. train.seed=0)")
@@ -75,6 +75,11 @@ def main() -> None:
     for folder, sweep in {**SWEEPS, **ADAPTER_SWEEPS, **FORMAT_SWEEPS}.items():
         parser.add_argument(f"--{folder}-args", default="", help=f"extra overrides for sweeps/{sweep}.yaml only")
     args = parser.parse_args()
+    # the formats study has a report of its own: run alone, it must not replace the micro-study's
+    # report with one of its three sweeps (given the micro-study's folders, it joins them)
+    name = "formats-study" if args.formats else "micro-study"
+    args.sweep_dir = args.sweep_dir or REPO / "multirun" / name
+    args.out = args.out or REPO / "reports" / name
     timing_file = args.out / "timing.json"
     if args.report_only:  # the figures of the run that made the sweep folder, the report made again
         problem = report_only_problem(args.sweep_dir, timing_file)

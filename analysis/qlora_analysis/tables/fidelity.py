@@ -48,8 +48,9 @@ def _kl_table(have: pd.DataFrame, columns: str, column_order: list) -> tuple[pd.
     frame = cells.pivot(index="dtype_label", columns=columns, values="cell")[column_order]
     final = cells.pivot(index="dtype_label", columns=columns, values="kl_to_base")[column_order[-1]]
     frame = frame.loc[final.sort_values().index]  # best (lowest KL) first, at the last column
-    numbers = have[["dtype_label", columns, "kl_to_base", "kl_to_base_lo", "kl_to_base_hi", "kl_to_base_p99",
-                    "top1_agree", "ppl_ratio", "bits_per_param", "weight_sqnr_db", "weight_sqnr_min_db"]]
+    numbers = have.reindex(columns=["dtype_label", columns, "kl_to_base", "kl_to_base_lo", "kl_to_base_hi",
+                                    "kl_to_base_p99", "top1_agree", "ppl_ratio", "bits_per_param", "weight_sqnr_db",
+                                    "weight_sqnr_min_db"])  # a record without one of them: an empty column
     return frame, numbers
 
 
