@@ -40,6 +40,8 @@ $(STAMP): requirements-lock.txt install/torch-cuda.txt pyproject.toml | $(UV)
 	$(PYTHON) install/lockfile.py requirements $(TORCH) > $(VENV)/requirements.txt
 	$(UV) pip install -q --python $(PY) --no-deps --compile-bytecode $(FIND_LINKS) -r $(VENV)/requirements.txt
 	$(UV) pip install -q --python $(PY) --no-deps --compile-bytecode --no-build-isolation -e .
+	$(PYTHON) install/lockfile.py refs > $(VENV)/refs.txt
+	$(UV) pip install -q --python $(PY) --no-deps --compile-bytecode --target $(VENV)/refs -r $(VENV)/refs.txt
 	$(PY) -m pip check
 	$(PY) install/lockfile.py check $(TORCH)
 	touch $(STAMP)
@@ -49,7 +51,7 @@ $(STAMP): requirements-lock.txt install/torch-cuda.txt pyproject.toml | $(UV)
 # to move (after `make test-newest` passes); CI only ever installs the committed lock.
 lock: | $(UV)
 	test -x $(TOOLS)/bin/pip-compile || $(TOOLS)/bin/python -m pip install $(PIP_QUIET) pip-tools==$(PIP_TOOLS_VERSION)
-	$(TOOLS)/bin/pip-compile -q --upgrade --extra dev --strip-extras --allow-unsafe --no-emit-index-url \
+	$(TOOLS)/bin/pip-compile -q --upgrade --extra dev --extra refs --strip-extras --allow-unsafe --no-emit-index-url \
 	    --no-emit-find-links -c install/torch-cpu.txt -o requirements-lock.txt pyproject.toml
 	grep -vE '^(torch|triton)==' requirements-lock.txt | grep -E '^[A-Za-z0-9].*==' > $(TOOLS)/cpu-pins.txt
 	sed 's/+cpu//' install/torch-cpu.txt > $(TOOLS)/torch-cuda.in
@@ -73,6 +75,8 @@ test-newest: | $(UV)
 	rm -rf $(NEWEST)
 	$(PYTHON) -m venv $(NEWEST)
 	$(UV) pip install -q --python $(NEWEST)/bin/python --compile-bytecode $(FIND_LINKS) -c install/torch-cpu.txt --upgrade -e '.[dev]'
+	$(UV) pip install -q --python $(NEWEST)/bin/python --compile-bytecode --target $(NEWEST)/refs --upgrade \
+	    torchao gguf hqq
 	$(NEWEST)/bin/python -m pip check
 	$(NEWEST)/bin/python -m pip freeze --exclude-editable > $(NEWEST)/freeze.txt
 	@echo "make test-newest: where the newest versions differ from the lock (installed = newest):"

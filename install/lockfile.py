@@ -5,7 +5,8 @@ build. `install/torch-cuda.txt` holds what differs on a machine with an NVIDIA G
 build of the same torch, its nvidia-* libraries and the triton it was built with. Plain stdlib:
 it runs before the venv has anything in it.
 
-    python install/lockfile.py requirements {cpu|cuda}   the pins to install, one per line
+    python install/lockfile.py requirements {cpu|cuda}   the pins to install into the venv, one per line
+    python install/lockfile.py refs                      the test references' pins (pyproject's `refs`), apart
     python install/lockfile.py cuda-delta CPU_LOCK CUDA  the CUDA pins not in the CPU lock
     python install/lockfile.py check {cpu|cuda}          pip freeze == the pins, or exit 1
     python install/lockfile.py drift FREEZE              what a `pip freeze` file holds that the lock does not
@@ -40,11 +41,47 @@ def pins(path: Path) -> dict[str, str]:
 
 
 def requirements(torch: str) -> dict[str, str]:
-    """The pins for one torch build: the lock, with the CUDA file's pins over it for `cuda`."""
+    """The venv's pins for one torch build: the lock less the test references, with the CUDA
+    file's pins over it for `cuda`."""
     if torch not in ("cpu", "cuda"):
         raise SystemExit(f"TORCH={torch!r}: must be cpu or cuda")
-    locked = pins(LOCK)
+    apart = set(refs())
+    locked = {name: version for name, version in pins(LOCK).items() if name not in apart}
     return {**locked, **pins(CUDA)} if torch == "cuda" else locked
+
+
+def vias(path: Path) -> dict[str, set[str]]:
+    """name -> what pip-compile's `# via` comments say needs it (`qlora-lab` for a direct one)."""
+    needed: dict[str, set[str]] = {}
+    current = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        match = PIN.match(line.strip())
+        if match:
+            current = canonical(match.group(1))
+            needed[current] = set()
+            continue
+        text = line.strip().lstrip("#").strip().removeprefix("via").strip()
+        if current and line.startswith("    #") and text:
+            needed[current].add(OWN if text.startswith(OWN) else canonical(text.split()[0]))
+    return needed
+
+
+def refs() -> dict[str, str]:
+    """The pins only pyproject's `refs` extra needs: its packages, and what nothing else needs."""
+    import tomllib
+
+    roots = {canonical(re.split(r"[<>=!~\[ ;]", spec)[0])
+             for spec in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["refs"]}
+    needed, locked = vias(LOCK), pins(LOCK)
+    apart = set(roots)
+    grew = True
+    while grew:  # a package all of whose needers are apart is apart too
+        grew = False
+        for name, by in needed.items():
+            if name not in apart and by and by <= apart:
+                apart.add(name)
+                grew = True
+    return {name: locked[name] for name in sorted(apart) if name in locked}
 
 
 def cuda_delta(cpu_lock: Path, cuda_lock: Path) -> list[str]:
@@ -76,6 +113,9 @@ def differences(wanted: dict[str, str], held: dict[str, str]) -> list[str]:
 def main(argv: list[str]) -> int:
     if argv[:1] == ["requirements"] and len(argv) == 2:
         print("\n".join(f"{name}=={version}" for name, version in requirements(argv[1]).items()))
+        return 0
+    if argv == ["refs"]:
+        print("\n".join(f"{name}=={version}" for name, version in refs().items()))
         return 0
     if argv[:1] == ["cuda-delta"] and len(argv) == 3:
         print("\n".join(cuda_delta(Path(argv[1]), Path(argv[2]))))

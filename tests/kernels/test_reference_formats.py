@@ -3,10 +3,15 @@
 MXFP4 and NVFP4 against torchao's mx_formats (on the CPU), Q4_0 against the gguf package's
 quantize and dequantize, Q4_K's decode against gguf's dequantize (gguf has no Q4_K quantizer),
 HQQ against hqq's Quantizer. The reference libraries are test dependencies only (the lock's
-`test` extra); a missing one skips its tests with the reason.
+`refs` extra), which `make install` puts in the venv's `refs` folder, apart from its own path:
+installed in the venv, transformers would import hqq and torchao at every run's start. This module
+adds the folder to its process's path; a missing library skips its tests with the reason.
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +20,10 @@ import torch
 from qlora_kernels import dequantize, native, quantize
 from qlora_kernels.packing import unpack
 from qlora_kernels.scale_formats import unpack_k4_scales
+
+REFS = Path(sys.prefix) / "refs"  # make install: `uv pip install --target .venv/refs` of the lock's refs pins
+if REFS.is_dir() and str(REFS) not in sys.path:
+    sys.path.append(str(REFS))
 
 # odd shapes need whole blocks for the references (they take whole rows of blocks); the edge cases
 # come from the weights: all-zero blocks, tiny and huge scales
