@@ -81,8 +81,17 @@ def run_id(config: dict) -> str:
         if isinstance(config.get(group), dict):
             config = {**config, group: {k: v for k, v in config[group].items()
                                         if k not in defaults or v != defaults[k]}}
+    dtype = config.get("dtype")
+    if isinstance(dtype, dict) and "scale" in dtype and dtype["scale"] in (None, _absmax_scale(dtype)):
+        # dtype.scale came after double_quant: where it only restates it (fp32 / dq8), earlier ids hold
+        config = {**config, "dtype": {k: v for k, v in dtype.items() if k != "scale"}}
     canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _absmax_scale(dtype: dict) -> str | None:
+    """The scale format `double_quant` alone implies: dq8 or fp32 (None where it is unset)."""
+    return {True: "dq8", False: "fp32"}.get(dtype.get("double_quant"))
 
 
 def paper_name(dtype: str) -> str:

@@ -71,3 +71,18 @@ def test_a_record_never_holds_nan_or_infinity_and_says_which_value_was_not_finit
     assert data["not_finite"] == {"metrics.eval_loss": "NaN", "metrics.ppl": "Infinity", "timing.steps[1]": "-Infinity"}
     write_record(tmp_path, record)
     assert read_record(tmp_path / "record.json").not_finite["metrics.eval_loss"] == "NaN"
+
+
+def test_dtype_scale_restating_double_quant_keeps_earlier_run_ids():
+    """A record from before dtype.scale (double_quant only) and today's (scale resolved to dq8 or
+    fp32) are the same run; a scale format of its own is another run."""
+    from qlora_lab.records import run_id
+
+    before = {"dtype": {"name": "nf4", "backend": "bnb", "double_quant": True, "blocksize": 64}, "lora": {"r": 64}}
+    now = {"dtype": {"name": "nf4", "backend": "bnb", "scale": "dq8", "double_quant": True, "blocksize": 64},
+           "lora": {"r": 64}}
+    assert run_id(before) == run_id(now)
+    plain = {"dtype": {**before["dtype"], "double_quant": False, "scale": "fp32"}, "lora": {"r": 64}}
+    assert run_id(plain) == run_id({"dtype": {**before["dtype"], "double_quant": False}, "lora": {"r": 64}})
+    other = {"dtype": {**before["dtype"], "double_quant": False, "scale": "e4m3", "backend": "lab"}, "lora": {"r": 64}}
+    assert run_id(other) != run_id({"dtype": {**other["dtype"], "scale": None}, "lora": {"r": 64}})
