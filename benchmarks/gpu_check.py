@@ -68,32 +68,38 @@ def codecs(part: Part) -> None:
     from qlora_kernels.triton_dequant import dequantize_4bit_triton
 
     shapes = [(4096, 4096), (11008, 4096), (1001, 333)] if CUDA else [(64, 96), (33, 65), (7,)]
-    books = [name for name in CODEBOOK_SPECS if codebook(name).bits == 4]
+    books = [name for name in CODEBOOK_SPECS if codebook(name).bits == 4 and codebook(name).signed]
+    # (codebook, scale format, block size): the absmax ones on every signed 4-bit codebook, then the
+    # 2026 formats (MXFP4, NVFP4, Q4_0, Q4_K, HQQ)
+    cases = [(book, scale, 64) for book in books for scale in ("fp32", "dq8")] + [
+        ("e2m1", "e8m0", 32), ("e2m1", "e4m3", 16), ("int4_grid", "fp16", 32), ("uint4", "q4_k", 32),
+        ("uint4", "hqq", 64)]
     torch.manual_seed(0)
     checked, wrong = 0, []
-    for book in books:
-        for double_quant in (False, True):
-            for dtype in (torch.bfloat16, torch.float32):
-                for shape in shapes:
-                    weight = torch.randn(shape, dtype=dtype, device=DEVICE) * 0.02
-                    state = quantize(weight, book, blocksize=64, double_quant=double_quant)
-                    ours = dequantize_4bit_triton(state)
-                    with native.enabled(False):
-                        ref = dequantize(state)
-                    case = f"{book} dq={double_quant} {str(dtype)[6:]} {'x'.join(map(str, shape))}"
-                    if not torch.equal(ours, ref):
-                        wrong.append(f"{case}: Triton != torch reference")
-                    if book in ("nf4", "fp4"):
-                        packed, bnb_state = bnbf.quantize_4bit(weight, blocksize=64, quant_type=book,
-                                                               compress_statistics=double_quant)
-                        theirs = bnbf.dequantize_4bit(packed, bnb_state).reshape(shape)
-                        if not torch.equal(ours, theirs):
-                            wrong.append(f"{case}: Triton != bitsandbytes' dequantize")
-                    checked += 1
+    for book, scale, blocksize in cases:
+        double_quant = scale == "dq8"
+        for dtype in (torch.bfloat16, torch.float32):
+            for shape in shapes:
+                weight = torch.randn(shape, dtype=dtype, device=DEVICE) * 0.02
+                state = quantize(weight, book, blocksize=blocksize, scale=scale)
+                ours = dequantize_4bit_triton(state)
+                with native.enabled(False):
+                    ref = dequantize(state)
+                case = f"{book} {scale}/{blocksize} {str(dtype)[6:]} {'x'.join(map(str, shape))}"
+                if not torch.equal(ours, ref):
+                    wrong.append(f"{case}: Triton != torch reference")
+                if book in ("nf4", "fp4") and blocksize == 64:
+                    packed, bnb_state = bnbf.quantize_4bit(weight, blocksize=64, quant_type=book,
+                                                           compress_statistics=double_quant)
+                    theirs = bnbf.dequantize_4bit(packed, bnb_state).reshape(shape)
+                    if not torch.equal(ours, theirs):
+                        wrong.append(f"{case}: Triton != bitsandbytes' dequantize")
+                checked += 1
     where = "on the GPU" if CUDA else "on the CPU under Triton's interpreter (TRITON_INTERPRET=1), small shapes"
-    part.figures = {"cases": checked, "mismatches": wrong, "data_types": books,
+    part.figures = {"cases": checked, "mismatches": wrong, "data_types": [f"{b} {s}/{n}" for b, s, n in cases],
                     "shapes": [list(s) for s in shapes], "where": where}
-    part.summary = f"{checked} cases, {len(wrong)} mismatches ({', '.join(books)}), {where}"
+    part.summary = (f"{checked} cases, {len(wrong)} mismatches ({', '.join(books)} x fp32, dq8; mxfp4, nvfp4, q4_0, "
+                    f"q4_k, hqq4), {where}")
     if wrong:
         part.status = "failed"
 

@@ -31,6 +31,7 @@ def test_gpu_check_runs_every_part_it_can_and_says_why_it_skips_the_rest(tmp_pat
     codecs = next(line for line in lines if line.startswith("1 codecs"))
     assert " ok " in codecs and "under Triton's interpreter" in codecs and "0 mismatches" in codecs
     assert "int4_affine" in codecs  # the affine type too (the kernel once decoded it without its zero point)
+    assert "nvfp4" in codecs and "hqq4" in codecs  # and the 2026 formats (HQQ: a zero point before the scale)
     for part in ("2 decode speed", "3 QLoRA training", "4 memory estimate", "5 sweep on one GPU"):
         line = next(line for line in lines if line.startswith(part))
         assert "skipped: no CUDA device" in line, line
@@ -38,4 +39,4 @@ def test_gpu_check_runs_every_part_it_can_and_says_why_it_skips_the_rest(tmp_pat
     assert lines[-1] == "5 parts: 1 ok, 0 failed, 4 skipped"
     results = json.loads(out.read_text())
     assert results["cuda"] is False and [p["name"] for p in results["parts"]][0] == "1 codecs"
-    assert results["parts"][0]["figures"]["cases"] == 60 and results["parts"][0]["figures"]["mismatches"] == []
+    assert results["parts"][0]["figures"]["cases"] == 114 and results["parts"][0]["figures"]["mismatches"] == []

@@ -72,7 +72,7 @@ def e2m1_codes(data: torch.Tensor) -> torch.Tensor:
     """OCP E2M1 codes (sign bit 8) of float32 values in E2M1's own units: round to nearest, ties
     to even, magnitudes above 6 saturated, the sign kept (-0.1 -> -0), as torchao casts."""
     magnitude = data.abs()
-    codes = torch.zeros(data.shape, dtype=torch.int64)
+    codes = torch.zeros(data.shape, dtype=torch.int64, device=data.device)
     for midpoint, up in zip(_E2M1_MIDPOINTS, _E2M1_TIE_UP):
         codes += (magnitude >= midpoint) if up else (magnitude > midpoint)
     return codes + 8 * torch.signbit(data)
@@ -222,7 +222,7 @@ def _qkx2(x: torch.Tensor, weights: torch.Tensor, nmax: int = 15, rmin: float = 
 
 def _pack_k4_scales(ls: torch.Tensor, lm: torch.Tensor) -> torch.Tensor:
     """[super-blocks, 8] 6-bit scales and mins -> GGUF's 12 bytes per super-block."""
-    packed = torch.zeros(ls.shape[0], 12, dtype=torch.int32)
+    packed = torch.zeros(ls.shape[0], 12, dtype=torch.int32, device=ls.device)
     ls, lm = ls.to(torch.int32), lm.to(torch.int32)
     packed[:, 0:4] = ls[:, 0:4] | ((ls[:, 4:8] >> 4) << 6)
     packed[:, 4:8] = lm[:, 0:4] | ((lm[:, 4:8] >> 4) << 6)
@@ -290,7 +290,7 @@ def encode_hqq(flat: torch.Tensor, book: Codebook, blocksize: int, iters: int = 
     scale = 15 / denom
     scale = torch.where(denom.abs() <= 1e-4, torch.full_like(scale, 1.0), scale).clamp(max=2e4)
     zero = -low * scale
-    best = torch.tensor(torch.inf, dtype=torch.float32)
+    best = torch.tensor(torch.inf, dtype=torch.float32, device=w.device)
     for _ in range(iters):  # hqq's optimize_weights_proximal_legacy
         w_q = torch.round(w * scale + zero).clamp_(0, 15)
         w_r = (w_q - zero) / scale

@@ -20,7 +20,7 @@ import pandas as pd
 from qlora_analysis.tables import Table, table
 from qlora_analysis.tables.evidence import (Evidence, config_label, final_ptq, finetuned, flipped, paired_gap,
                                             ptq_gap, seed_floor, verdict)
-from qlora_analysis.tables.fidelity import KL_SCALE, ptq_fidelity
+from qlora_analysis.tables.fidelity import ptq_fidelity
 from qlora_analysis.tables.formats_2026 import evidence as format_evidence
 
 
