@@ -155,6 +155,17 @@ class DTypeConfig:
     compute_dtype: str = "auto"  # matmuls and unquantized weights; auto: bf16 where native, else fp32
     codebook: Optional[dict] = None  # backend lab: a codebook spec of your own ({kind: normal_float, bits: 3})
 
+    @property
+    def storage_scale(self) -> str | None:
+        """The scale format the weights are stored with, whether or not validate() has filled the
+        keys in: `scale`, else what `double_quant` says, else the data type's own (None: unquantized)."""
+        spec = CUSTOM if self.codebook is not None else DTYPES.get(self.name)
+        if spec is None or not spec.blockwise:
+            return None
+        if self.scale is not None:
+            return self.scale
+        return spec.scale if self.double_quant is None else ("dq8" if self.double_quant else "fp32")
+
     def resolve_scale(self) -> None:
         """Fill in whichever of `scale` and `double_quant` was left null from the other (or the data
         type's default), so that a record names both (validate() does, after the schema's defaults

@@ -59,7 +59,7 @@ def stored_bytes_per_weight(dtype) -> float:
         return bits / 8
     if dtype.name == "int8":
         return 1.0  # plus one float32 scale per row, counted by the caller
-    scale = SCALE_FORMATS[getattr(dtype, "scale", None) or ("dq8" if dtype.double_quant else "fp32")]
+    scale = SCALE_FORMATS[dtype.storage_scale]
     per_block = scale.bits_per_param(0, dtype.blocksize)
     constants = 2 if dtype.name.endswith("_affine") else 1  # an affine type stores a zero point beside the scale
     return (bits + constants * per_block) / 8

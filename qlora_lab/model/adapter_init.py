@@ -186,8 +186,7 @@ def roundtrip(weight: torch.Tensor, dtype: DTypeConfig) -> torch.Tensor:
     from qlora_lab.model.lab_backend import lab_codebook
     from qlora_lab.model.quantize import load_dtype
 
-    state = quantize(weight.to(load_dtype(dtype)), lab_codebook(dtype), dtype.blocksize, bool(dtype.double_quant),
-                     scale=dtype.scale)
+    state = quantize(weight.to(load_dtype(dtype)), lab_codebook(dtype), dtype.blocksize, scale=dtype.storage_scale)
     return dequantize(state, torch.float32)
 
 

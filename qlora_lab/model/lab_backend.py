@@ -31,8 +31,8 @@ def quantize_linears(model: torch.nn.Module, dtype: DTypeConfig, skip: set[int])
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         linear = _as_linear(layer) if isinstance(layer, Conv1D) else layer
-        setattr(parent, child, QuantLinear.from_linear(linear, book, dtype.blocksize, bool(dtype.double_quant),
-                                                       compute, scale=dtype.scale))
+        setattr(parent, child, QuantLinear.from_linear(linear, book, dtype.blocksize, compute_dtype=compute,
+                                                       scale=dtype.storage_scale))
     return len(swaps)
 
 

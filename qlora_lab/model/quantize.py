@@ -57,7 +57,7 @@ def bnb_config(cfg: DTypeConfig, skip_modules: tuple[str, ...] = ()) -> BitsAndB
         load_in_4bit=True,
         **skip,
         bnb_4bit_quant_type=cfg.name,
-        bnb_4bit_use_double_quant=cfg.double_quant,
+        bnb_4bit_use_double_quant=cfg.storage_scale == "dq8",
         bnb_4bit_compute_dtype=torch_dtype(cfg.compute_dtype),
     )
 
