@@ -92,7 +92,7 @@ def test_per_size_settings_resolve_as_the_paper_set_them():
 BAD_STUDIES = [  # (what the file says, what is wrong with it)
     ("      model: llama_7b,llama_9b", "model=llama_9b: expected one of bloom_1b1"),
     ("      dataset: alpaca,alpaca_gpt5", "dataset=alpaca_gpt5: expected one of alpaca, alpaca_clean"),
-    ("      dtype: nf4,nf5", "dtype=nf5: expected one of bf16, fp32, fp4"),
+    ("      dtype: nf4,nf5", "dtype=nf5: expected one of bf16, e2m1, fp32, fp4"),
 ]
 
 
