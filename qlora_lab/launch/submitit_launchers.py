@@ -74,18 +74,21 @@ class LostJobError(RuntimeError):
 def wait_for_jobs(jobs: dict[int, Any], queued, poll_s: float = 1.0,
                   lost_after_s: float = LOST_AFTER_S) -> dict[int, LostJobError]:
     """Until every job is done (submitit's states, polled in one batch) or lost. An array task
-    cancelled while pending leaves no line in Slurm 22.05's accounting, so submitit would report
-    it UNKNOWN and wait for it forever; one UNKNOWN for `lost_after_s` and not in the queue is
-    lost instead (what a relaunch redoes)."""
+    cancelled while pending leaves no line in Slurm 22.05's accounting, so submitit would wait for
+    it forever, reporting it UNKNOWN, or PENDING where its watcher saw it queued before (the last
+    state it read stays); one in either state for `lost_after_s` and not in the queue is lost
+    instead (what a relaunch redoes). The queue is asked again at most once per `lost_after_s` a job."""
     waiting, unknown_since, lost = dict(jobs), {}, {}
     while waiting:
         for idx, job in list(waiting.items()):
             if job.done():
                 del waiting[idx]
-            elif job.state != "UNKNOWN":
+            elif job.state not in ("UNKNOWN", "PENDING"):
                 unknown_since.pop(idx, None)
-            elif time.monotonic() - unknown_since.setdefault(idx, time.monotonic()) > lost_after_s \
-                    and not queued(job.job_id):
+            elif time.monotonic() - unknown_since.setdefault(idx, time.monotonic()) > lost_after_s:
+                if queued(job.job_id):  # still queued: look again after another lost_after_s
+                    unknown_since[idx] = time.monotonic()
+                    continue
                 lost[idx] = LostJobError(f"job {job.job_id} left the queue without a result or an accounting "
                                          f"record (cancelled before it started)")
                 log.error("\t%s", lost[idx])
