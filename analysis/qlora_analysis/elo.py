@@ -27,19 +27,31 @@ def elo_ratings(judgments: pd.DataFrame, k: float = 32, initial: float = 1000, n
     b = games["model_b"].map(index).to_numpy()
     score_a = games["winner"].map(SCORES).to_numpy()
     rng = np.random.default_rng(seed)
-    # all orderings at once: one rating row per ordering, the matches played in lockstep
-    ratings = np.full((n_orderings, len(models)), float(initial))
-    orders = np.argsort(rng.random((n_orderings, len(games))), axis=1)
-    rows = np.arange(n_orderings)
-    for step in range(len(games)):
-        match = orders[:, step]
-        ia, ib, sa = a[match], b[match], score_a[match]
-        ra, rb = ratings[rows, ia], ratings[rows, ib]
-        expected_a = 1.0 / (1.0 + 10 ** ((rb - ra) / 400))
-        ratings[rows, ia] = ra + k * (sa - expected_a)
-        ratings[rows, ib] = rb + k * ((1 - sa) - (1 - expected_a))
+    ratings = play_orderings(a, b, score_a, len(models), rng, k, initial, n_orderings)
     matches = pd.concat([games["model_a"], games["model_b"]]).value_counts()
     table = pd.DataFrame({"model": models, "elo": ratings.mean(axis=0),
                           "lower": np.percentile(ratings, 2.5, axis=0), "upper": np.percentile(ratings, 97.5, axis=0),
                           "matches": [int(matches[m]) for m in models]})
     return table.sort_values("elo", ascending=False, ignore_index=True)
+
+
+def play_orderings(a: np.ndarray, b: np.ndarray, score_a: np.ndarray, n_models: int, rng: np.random.Generator,
+                   k: float, initial: float, n_orderings: int) -> np.ndarray:
+    """Ratings after every ordering, one row per ordering: the orderings are played in lockstep,
+    one match of each per step (the steps of one ordering depend on each other, the orderings
+    do not). Each row is shuffled in place (an argsort of random keys took 1 s per 10 million
+    matches) and ratings are read and written through flat indices."""
+    orders = np.tile(np.arange(len(a), dtype=np.int32), (n_orderings, 1))
+    rng.permuted(orders, axis=1, out=orders)
+    orders = np.ascontiguousarray(orders.T)  # step-major: one contiguous row per step
+    ratings = np.full(n_orderings * n_models, float(initial))
+    first = np.arange(n_orderings) * n_models  # where each ordering's ratings start
+    per_point = np.log(10.0) / 400  # 10 ** (d / 400) as exp(d * per_point): a power took 4x an exp
+    for played in orders:
+        at_a, at_b = first + a[played], first + b[played]
+        rating_a, rating_b = ratings[at_a], ratings[at_b]
+        expected_a = 1.0 / (1.0 + np.exp((rating_b - rating_a) * per_point))
+        change = k * (score_a[played] - expected_a)
+        ratings[at_a] = rating_a + change
+        ratings[at_b] = rating_b - change
+    return ratings.reshape(n_orderings, n_models)

@@ -3,14 +3,15 @@ plots, and the runs left out with the reason."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from qlora_analysis.collect import collect, left_out, read_judgments, version_mix
-from qlora_analysis.plots import all_plots
+from qlora_analysis.collect import collect, left_out, read_judgments, scan, version_mix
 from qlora_analysis.tables import Table, all_tables
 
 
@@ -26,13 +27,64 @@ class Report:
 
 
 def build_report(dirs: list[str | Path], out: Path, strict: bool = False, rehearsal: bool = False) -> Report:
-    runs = collect(*dirs, strict=strict, rehearsal=rehearsal)
-    judgments = read_judgments(*dirs)
-    tables = all_tables(runs, judgments)
-    elo = next((t.numbers for t in tables if t.name == "elo"), None)
-    report = Report(runs, left_out(runs), judgments, tables, all_plots(runs, elo, out / "plots"))
-    write_report(report, dirs, out)
+    """Collect, tables and report in this process; the figures (matplotlib's import included) in
+    worker processes beside it, where the platform forks: on two cores the figures cost no wall
+    time of their own (10,000 runs: 2.5 s of drawing)."""
+    scanned = scan(*dirs)
+    runs = collect(*dirs, strict=strict, rehearsal=rehearsal, scanned=scanned)
+    judgments = read_judgments(*dirs, scanned=scanned)
+    with _aside() as workers:
+        of_runs = workers.submit(_draw_runs, runs, out / "plots")
+        tables = all_tables(runs, judgments)
+        elo = next((t.numbers for t in tables if t.name == "elo"), None)
+        of_elo = workers.submit(_draw_elo, elo, out / "plots")
+        report = Report(runs, left_out(runs), judgments, tables)
+        write_tables(report, out)
+        report.plots = _with_elo(of_runs.result(), of_elo.result())
+    write_report(report, dirs, out, tables_written=True)
     return report
+
+
+def _draw_runs(runs: pd.DataFrame, out: Path) -> list[Path]:
+    from qlora_analysis.plots import plots_of_runs
+
+    return plots_of_runs(runs, out)
+
+
+def _draw_elo(elo: pd.DataFrame | None, out: Path) -> Path | None:
+    if elo is None:
+        return None
+    from qlora_analysis.plots import elo_intervals
+
+    return elo_intervals(elo, out)
+
+
+def _with_elo(made: list[Path], elo_plot: Path | None) -> list[Path]:
+    from qlora_analysis.plots import with_elo
+
+    return with_elo(made, elo_plot)
+
+
+class _InProcess:
+    """concurrent.futures' interface, run at once in this process (no fork, or one core)."""
+
+    def submit(self, fn, *args):
+        future = Future()
+        future.set_result(fn(*args))
+        return future
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def _aside():
+    """Two forked workers for the figures; in process where fork is missing or one core is all."""
+    if "fork" not in multiprocessing.get_all_start_methods() or (os.cpu_count() or 1) < 2:
+        return _InProcess()
+    return ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("fork"))
 
 
 def judgment_counts(judgments: pd.DataFrame) -> str:
@@ -85,10 +137,15 @@ def shown_run_dir(run_dir: str, dirs: list) -> str:
     return shown_run_dirs(pd.Series([run_dir]), dirs).iloc[0]
 
 
-def write_report(report: Report, dirs: list, out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
+def write_tables(report: Report, out: Path) -> None:
     for t in report.tables:
         t.write(out / "tables")
+
+
+def write_report(report: Report, dirs: list, out: Path, tables_written: bool = False) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    if not tables_written:
+        write_tables(report, out)
     lines = ["# Sweep report", "", f"From {', '.join(_shown_dirs(dirs))}: {len(report.runs)} runs counted, "
              f"{len(report.left_out)} left out; {judgment_counts(report.judgments)}.", ""]
     mixed = version_mix(report.runs)

@@ -227,7 +227,9 @@ def test_plots_say_what_their_tables_say(tmp_path: Path, monkeypatch):
         ax = fig.axes[0]
         legend = ax.get_legend()
         shown[path.name] = (ax.get_title(), [t.get_text() for t in legend.get_texts()] if legend else [])
-        plots.plt.close(fig)
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
         return path
 
     monkeypatch.setattr(plots, "_save", keep)

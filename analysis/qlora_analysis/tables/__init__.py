@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -23,12 +23,17 @@ class Table:
     numbers: pd.DataFrame  # long form: one row per cell with mean, sd, runs, seeds (the CSV)
     note: str = ""  # what the cells are, in one line
     silent: str | None = None  # why the table has nothing to say (every cell 0, every verdict a tie), if so
+    _shown: tuple | None = field(default=None, init=False, repr=False, compare=False)  # markdown(), made once
 
     def markdown(self) -> str:
-        support = readable(self.support).to_markdown() if not self.support.empty else ""
+        """The table as the report shows it (made once: a report writes it twice, its file and report.md)."""
         why = f"**Nothing to tell apart here:** {self.silent}.\n\n" if self.silent else ""
-        return (f"### {self.title}\n\n{why}{self.note}\n\n{readable(self.frame).to_markdown()}\n\n"
-                + (f"Runs/seeds behind each cell:\n\n{support}\n" if support else ""))
+        key = (self.title, why, self.note, id(self.frame), id(self.support))
+        if self._shown is None or self._shown[0] != key:
+            support = readable(self.support).to_markdown() if not self.support.empty else ""
+            self._shown = (key, f"### {self.title}\n\n{why}{self.note}\n\n{readable(self.frame).to_markdown()}\n\n"
+                                + (f"Runs/seeds behind each cell:\n\n{support}\n" if support else ""))
+        return self._shown[1]
 
     def write(self, out_dir: Path) -> list[Path]:
         """NAME.md, NAME.csv (long form numbers), NAME.tex."""

@@ -4,6 +4,7 @@ configuration says nothing about it and is left out). The per-seed ratings go to
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -35,9 +36,10 @@ def by_configuration(runs: pd.DataFrame, judgments: pd.DataFrame) -> pd.DataFram
     (judged under --label names) or every match is within one configuration."""
     if runs.empty or "judged_as" not in runs or "sweep_dir" not in judgments:
         return None
-    names = {(str(Path(d).parent.resolve()), name): config
-             for d, name, config in zip(runs["run_dir"], runs["judged_as"], runs["config"])}
-    folders = judgments["sweep_dir"].map(lambda d: str(Path(d).resolve()))
+    sweep_dirs = runs["run_dir"].astype(str).map(os.path.dirname)
+    resolved = {d: str(Path(d).resolve()) for d in set(sweep_dirs) | set(judgments["sweep_dir"])}  # once per folder
+    names = {(resolved[d], name): config for d, name, config in zip(sweep_dirs, runs["judged_as"], runs["config"])}
+    folders = judgments["sweep_dir"].map(resolved)
     a = [names.get(key) for key in zip(folders, judgments["model_a"])]
     b = [names.get(key) for key in zip(folders, judgments["model_b"])]
     renamed = judgments.assign(model_a=a, model_b=b).dropna(subset=["model_a", "model_b"])

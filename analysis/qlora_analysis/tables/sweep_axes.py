@@ -50,7 +50,8 @@ def swept_axes(runs: pd.DataFrame) -> list[str]:
 
 def follows(runs: pd.DataFrame, axis: str, leader: str) -> bool:
     """Each value of `leader` comes with one value of `axis` across the runs."""
-    return bool((runs.astype({axis: str, leader: str}).groupby(leader)[axis].nunique() <= 1).all())
+    pair = runs[[axis, leader]].astype(str)  # the two columns only: the frame has a hundred
+    return bool((pair.groupby(leader)[axis].nunique() <= 1).all())
 
 
 def _axis_value(column: str, value) -> str:
