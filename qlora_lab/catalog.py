@@ -53,6 +53,7 @@ DTYPES: dict[str, DTypeSpec] = {
     "q4_0": DTypeSpec(4, True, ("lab",), _LAB, codebook="int4_grid", scale="fp16"),  # llama.cpp
     "q4_k": DTypeSpec(4, True, ("lab",), _LAB, codebook="uint4", scale="q4_k", signed=False),  # llama.cpp
     "hqq4": DTypeSpec(4, True, ("lab",), _LAB, codebook="uint4", scale="hqq", signed=False),  # HQQ
+    "q8_0": DTypeSpec(8, True, ("lab",), _LAB, codebook="int8_grid", scale="fp16"),  # llama.cpp's 8-bit
     "int8": DTypeSpec(8, False, ("bnb",)),
     "bf16": DTypeSpec(16, False, ("none",)),
     "fp32": DTypeSpec(32, False, ("none",)),

@@ -1,4 +1,5 @@
-"""`model.path=DIR_OR_HUB_ID`: what a researcher's own checkpoint is, read from its config.json.
+"""`model.path=DIR_OR_HUB_ID`: what a researcher's own checkpoint is, read from its config.json
+(or, for `model.path=FILE.gguf`, from the GGUF header: gguf_checkpoint).
 
 One override is enough to fine-tune your own folder or hub model: its `model_type` gives the
 model kind and the LoRA target family, its sizes give the `arch` that the memory estimate and
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from qlora_lab.config_checks import ConfigError
 from qlora_lab.catalog import MODEL_TYPES
+from qlora_lab.gguf_checkpoint import is_gguf, read_gguf_summary
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # `gpt2`, `facebook/opt-125m`
 
@@ -34,6 +36,10 @@ def own_model_fields(path: str) -> dict:
     """ModelConfig fields of what `path` really holds: name, path, kind, family and arch (a dict)
     from its config.json. A bad path or an unknown family fails here, in one line."""
     path = local_path(path)
+    if is_gguf(path):  # a llama.cpp release: its header says what it is
+        summary = read_gguf_summary(path)
+        kind, family = MODEL_TYPES[summary.model_type]
+        return {"name": Path(path).stem, "path": path, "kind": kind, "family": family, "arch": summary.arch}
     checkpoint = read_checkpoint_config(path)
     model_type = checkpoint.get("model_type")
     if model_type not in MODEL_TYPES:
@@ -48,8 +54,10 @@ def own_model_fields(path: str) -> dict:
 def local_path(path: str) -> str:
     """An existing folder as an absolute path (a run's working folder may differ); a hub id as given."""
     folder = Path(path).expanduser()
-    if folder.is_dir():
+    if folder.is_dir() or (is_gguf(path) and folder.is_file()):
         return str(folder.resolve())
+    if is_gguf(path):
+        raise ConfigError("model.path", path, "no such GGUF file")
     if not _HUB_ID.match(path) or path.count("/") > 1:
         raise ConfigError("model.path", path, "no such folder")
     return path
@@ -92,6 +100,8 @@ def quantized_checkpoint(path: str | None) -> str | None:
     16-bit one or one whose config.json cannot be read here (a hub id not in the cache)."""
     if not path:
         return None
+    if is_gguf(path):
+        return "gguf"
     try:
         checkpoint = read_checkpoint_config(local_path(path))
     except ConfigError:

@@ -154,6 +154,9 @@ class DTypeConfig:
     blocksize: Optional[int] = 64  # weights per block
     compute_dtype: str = "auto"  # matmuls and unquantized weights; auto: bf16 where native, else fp32
     codebook: Optional[dict] = None  # backend lab: a codebook spec of your own ({kind: normal_float, bits: 3})
+    # where the storage came from when the base was released quantized (`gguf q4_k`): set from
+    # model.path=FILE.gguf, never by hand; null: quantized here from 16-bit weights
+    released: Optional[str] = None
 
     @property
     def storage_scale(self) -> str | None:
@@ -415,6 +418,27 @@ def resolve_own_model(model: ModelConfig) -> ModelConfig:
     return dataclasses.replace(model, **{**fields, "arch": Arch(**fields["arch"])}, source="pretrained", pretrain=None)
 
 
+def released_storage(model: ModelConfig, dtype: DTypeConfig) -> DTypeConfig:
+    """A base released quantized (model.path=FILE.gguf) is stored as released: the dtype group
+    becomes the release's data type, `released` saying where it came from. The default dtype (nf4)
+    gives way to it; another data type would mean a second quantization, refused in one line."""
+    from qlora_lab.gguf_checkpoint import is_gguf
+
+    if dtype.released is not None and not is_gguf(model.path):
+        raise ConfigError("dtype.released", dtype.released, "is set from model.path=FILE.gguf; leave it null")
+    if not is_gguf(model.path):
+        return dtype
+    from qlora_lab.gguf_checkpoint import read_gguf_summary
+
+    summary = read_gguf_summary(model.path)
+    if dtype.name not in ("nf4", summary.storage) or dtype.codebook is not None:
+        raise ConfigError("dtype", dtype.name, f"model.path={Path(model.path).name} is released as {summary.released} "
+                                               f"and loads as stored; leave dtype unset (or dtype={summary.storage})")
+    own = DTYPES[summary.storage]
+    return dataclasses.replace(dtype, name=summary.storage, backend="lab", scale=own.scale, double_quant=False,
+                               blocksize=32, released=summary.released)
+
+
 def run_config(cfg: Any) -> RunConfig:
     """DictConfig (or plain dict) -> validated RunConfig; the `hydra` node is not the run's."""
     from omegaconf import DictConfig, OmegaConf
@@ -432,6 +456,7 @@ def run_config(cfg: Any) -> RunConfig:
         groups[name] = build_dataclass(cls, tree[name], name)
     if groups["model"].source == "build" and groups["model"].path:  # `model.path=DIR_OR_HUB_ID` on a built base
         groups["model"] = resolve_own_model(groups["model"])
+    groups["dtype"] = released_storage(groups["model"], groups["dtype"])
     config = RunConfig(**groups)
     config.validate()
     return config

@@ -69,7 +69,8 @@ def _finite(value, path: str, found: dict):
 # Keys added to a group after records were written, with the default that computes what runs
 # without them computed: at that default they are left out of run_id, so earlier records keep
 # their id (and a relaunch still reuses them); any other value changes the id.
-ADDED_WITH_DEFAULTS = {"lora": {"init": "gaussian", "loftq_iter": 1, "pissa_niter": 0, "dora": False, "rslora": False}}
+ADDED_WITH_DEFAULTS = {"lora": {"init": "gaussian", "loftq_iter": 1, "pissa_niter": 0, "dora": False, "rslora": False},
+                       "dtype": {"released": None}}
 
 
 def run_id(config: dict) -> str:
@@ -115,6 +116,8 @@ def dtype_label(dtype: dict) -> str:
     scale, spec = dtype.get("scale"), DTYPES.get(name)
     if isinstance(scale, str) and scale not in ("fp32", "dq8") and (spec is None or scale != spec.scale):
         label += "+" + scale.upper()
+    if dtype.get("released"):  # the weights as a release stored them, not quantized here
+        label += " (released)"
     return label
 
 

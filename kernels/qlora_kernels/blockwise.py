@@ -163,6 +163,8 @@ def _code_values(state: QuantState) -> torch.Tensor:
         pairs = _pair_table(state.codebook.values, str(state.packed.device))
         return pairs.index_select(0, state.packed.reshape(-1).to(torch.int32)).reshape(-1)
     table = state.codebook.tensor(state.packed.device)
+    if state.codebook.bits == 8:  # a byte is a code
+        return table.index_select(0, state.packed.reshape(-1).to(torch.int32))
     return table[packing.unpack(state.packed, state.codebook.bits, state.numel)]
 
 

@@ -35,6 +35,7 @@ CODEBOOK_SPECS: dict[str, dict] = {
     "e2m1": {"kind": "table", "values": _E2M1, "scale": 8.0, "unit": 8.0},
     "int4_grid": {"kind": "table", "values": [q - 8.0 for q in range(16)], "scale": 8.0, "unit": 8.0},
     "uint4": {"kind": "table", "values": [float(q) for q in range(16)], "scale": 16.0, "unit": 16.0},
+    "int8_grid": {"kind": "table", "values": [q - 128.0 for q in range(256)], "scale": 128.0, "unit": 128.0},  # Q8_0
     # per-block minimum and maximum, 16 uniform levels between them (a zero point per block)
     "int4_affine": {"kind": "uniform", "bits": 4, "affine": True},
 }

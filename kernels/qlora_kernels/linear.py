@@ -62,6 +62,21 @@ class QuantLinear(torch.nn.Module):
             layer.bias.data = linear.bias.detach().to(compute_dtype)
         return layer.to(linear.weight.device)
 
+    @classmethod
+    def from_state(cls, state: QuantState, bias: torch.Tensor | None = None,
+                   compute_dtype: torch.dtype = torch.bfloat16) -> QuantLinear:
+        """A layer over a state as it is (a released checkpoint's blocks): no weight is quantized,
+        and no float copy of the weight is made."""
+        layer = cls.__new__(cls)
+        torch.nn.Module.__init__(layer)
+        layer.out_features, layer.in_features = state.shape
+        layer.scale_format = state.scale_name
+        layer.double_quant = layer.scale_format == "dq8"
+        layer.codebook, layer.blocksize, layer.compute_dtype = state.codebook, state.blocksize, compute_dtype
+        layer._set_state(state)
+        layer.bias = None if bias is None else torch.nn.Parameter(bias.to(compute_dtype), requires_grad=False)
+        return layer
+
     def _set_state(self, state: QuantState) -> None:
         values = state.to_dict()
         for name, value in values.items():

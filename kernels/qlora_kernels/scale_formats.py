@@ -161,8 +161,17 @@ def decode_e4m3(stored: dict, book: Codebook) -> BlockScales:
 def encode_fp16(flat: torch.Tensor, book: Codebook, blocksize: int) -> tuple[torch.Tensor, dict]:
     """gguf's Q4_0.quantize_blocks: d = the block's value of largest magnitude / -8 (its first, on
     a tie), codes trunc(x / d + 8.5) clipped to 0..15, d stored as fp16 (the codes were chosen
-    with the float32 d, as llama.cpp does)."""
+    with the float32 d, as llama.cpp does). On int8_grid, Q8_0's: d = absmax / 127, q = x / d
+    rounded half away from zero."""
     blocks = _blocks(flat, blocksize)
+    if book.name == "int8_grid":
+        d = blocks.abs().amax(dim=1, keepdim=True) / 127
+        inverse = torch.where(d == 0, torch.zeros_like(d), 1.0 / d)
+        scaled = blocks * inverse
+        magnitude = scaled.abs()
+        floored = torch.floor(magnitude)  # gguf's np_roundf, step by step (a + 0.5 rounds up 0.5 - 2^-25)
+        q = torch.sign(scaled) * (floored + torch.floor(2 * (magnitude - floored)))
+        return (q + 128).to(torch.int64).reshape(-1)[: flat.numel()], {"fp16": to_fp16(d.reshape(-1), "fp16")}
     top = blocks.gather(1, blocks.abs().argmax(dim=1, keepdim=True))
     d = top / -8.0
     inverse = torch.where(d == 0, torch.zeros_like(d), 1.0 / d)

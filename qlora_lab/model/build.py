@@ -36,6 +36,7 @@ class ModelInfo:
     weight_sqnr_db: float | None = None  # quantized linear layers' SQNR against the checkpoint, mean over layers
     weight_sqnr_min_db: float | None = None  # the worst layer's
     weight_kurtosis: float | None = None  # the checkpoint's linear weights' kurtosis, mean over layers (Gaussian: 3)
+    released: str | None = None  # the release the base's storage came from (`gguf q4_k`); None: quantized here
 
 
 @dataclass
@@ -57,7 +58,12 @@ def model_path(cfg: ModelConfig) -> str:
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    if path.endswith(".gguf"):  # a llama.cpp release carries its own
+        from qlora_lab.model.released import load_gguf_tokenizer
+
+        tokenizer = load_gguf_tokenizer(path)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:  # LLaMA ships none; the paper added one
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     return tokenizer
@@ -69,6 +75,10 @@ def load_base(path: str, dtype: DTypeConfig, kind: str = "causal", num_labels: i
     (and a classifier's head) stays unquantized."""
     import transformers
 
+    if dtype.released:  # stored as released: its blocks as they are, no 16-bit load
+        from qlora_lab.model.released import load_gguf_base
+
+        return load_gguf_base(path, dtype)
     spec = KINDS[kind]
     auto_class, heads = spec.auto_class, spec.trained_heads
     extra = {"num_labels": num_labels} if spec.classifies else {}
@@ -136,7 +146,7 @@ def build_model(model_cfg: ModelConfig, dtype: DTypeConfig, lora: LoraConfig, se
                      bits_per_param=round(stored.bits_per_param, 6),
                      quantized_layers=_quantized_layers(base), total_bits=total_bits,
                      model_type=getattr(base.config, "model_type", None), architecture=type(base).__name__,
-                     **vars(errors))
+                     released=dtype.released, **vars(errors))
     return BuiltModel(model=model, tokenizer=tokenizer, info=info)
 
 

@@ -51,7 +51,7 @@ def test_plan_refuses_a_bad_value_in_one_line(tmp_path: Path):
     proc = run_plan("+sweep=smoke", "dtype=nf5", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: dtype=nf5: expected one of bf16, e2m1, fp32, fp4, fp4_e3m0, hqq4, int4, int4_affine, int8, mxfp4, nf2, nf3, nf4, nvfp4, q4_0, q4_k"]
+        "error: dtype=nf5: expected one of bf16, e2m1, fp32, fp4, fp4_e3m0, hqq4, int4, int4_affine, int8, mxfp4, nf2, nf3, nf4, nvfp4, q4_0, q4_k, q8_0"]
 
 
 def _config(*overrides: str):

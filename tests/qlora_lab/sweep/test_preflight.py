@@ -16,7 +16,7 @@ CASES = [
     (["eval.mmlu.split=dev"], "eval.mmlu.split=dev: expected one of test, val"),
     (["eval.mmlu.shots=3"], "eval.mmlu.shots=3: expected one of 0, 5"),
     (["eval.mmlu.path=/no/mmlu"], "eval.mmlu.path=/no/mmlu: no such folder (or hub for cais/mmlu, stdlib for the benchmark"),
-    (["dtype=nf5"], "dtype=nf5: expected one of bf16, e2m1, fp32, fp4, fp4_e3m0, hqq4, int4, int4_affine, int8, mxfp4, nf2, nf3, nf4, nvfp4, q4_0, q4_k"),
+    (["dtype=nf5"], "dtype=nf5: expected one of bf16, e2m1, fp32, fp4, fp4_e3m0, hqq4, int4, int4_affine, int8, mxfp4, nf2, nf3, nf4, nvfp4, q4_0, q4_k, q8_0"),
     (["dtype=int4", "dtype.backend=bnb"], "dtype.backend=bnb: expected one of lab"),
     (["dtype=nf4", "dtype.backend=lab", "dtype.blocksize=48"], "dtype.blocksize=48: backend lab supports 16, 32, 64"),
     (["dtype=nf4", "dtype.codebook={kind: posit}"], "dtype.backend=bnb: a dtype.codebook needs backend lab"),
@@ -52,7 +52,7 @@ def test_cli_exits_2_with_one_line_and_runs_nothing(tmp_path):
     proc = run_cli("-m", "dtype=nf4,nf5", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: dtype=nf5: expected one of bf16, e2m1, fp32, fp4, fp4_e3m0, hqq4, int4, int4_affine, int8, mxfp4, nf2, nf3, nf4, nvfp4, q4_0, q4_k"]
+        "error: dtype=nf5: expected one of bf16, e2m1, fp32, fp4, fp4_e3m0, hqq4, int4, int4_affine, int8, mxfp4, nf2, nf3, nf4, nvfp4, q4_0, q4_k, q8_0"]
     assert not (tmp_path / "sweep").exists()
 
 

@@ -62,7 +62,7 @@ def test_a_bad_value_inside_a_sweep_file_is_named_before_launch(tmp_path):
         "# @package _global_\nhydra:\n  sweeper:\n    params:\n      dtype: nf4,nf5\n")
     register_sweep_files(tmp_path)
     assert check_command_line(["-m", "+sweep=typo_sweep"], CONF_DIR) == (
-        "sweeps/typo_sweep.yaml: dtype=nf5: expected one of bf16, e2m1, fp32, fp4, fp4_e3m0, hqq4, int4, int4_affine, int8, mxfp4, nf2, nf3, nf4, nvfp4, q4_0, q4_k")
+        "sweeps/typo_sweep.yaml: dtype=nf5: expected one of bf16, e2m1, fp32, fp4, fp4_e3m0, hqq4, int4, int4_affine, int8, mxfp4, nf2, nf3, nf4, nvfp4, q4_0, q4_k, q8_0")
     assert check_command_line(["-m", "+sweep=typo_sweep", "dtype=fp4"], CONF_DIR) is None  # the command line wins
 
 
