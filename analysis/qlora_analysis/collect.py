@@ -38,39 +38,31 @@ class CorruptRecordError(RecordSchemaError):
     """A record.json that is not JSON (truncated by a full disk, edited by hand)."""
 
 
-def collect(*dirs: str | Path, strict: bool = False, rehearsal: bool = False, scanned: Scan | None = None) -> pd.DataFrame:
+def collect(*dirs: str | Path, strict: bool = False, rehearsal: bool = False, scanned: Scan | None = None,
+            aside=None) -> pd.DataFrame:
     """Every `record.json` under the folders -> a DataFrame of the ok runs, one per run_id.
 
     `attrs["left_out"]` (as a DataFrame: `left_out(frame)`): run_dir, run_id, reason of failed runs, unfinished run
     folders (a Hydra job folder without a record), corrupt records (unless `strict`: then they
     are refused), rehearsal records (unless `rehearsal`: then they are the rows) and duplicates
-    (a run_id already counted). `scanned`: the folders' `scan`, where the caller walked them already."""
+    (a run_id already counted). `scanned`: the folders' `scan`, where the caller walked them already;
+    `aside`: an executor (concurrent.futures') that reads the last third of the records meanwhile."""
     rows, left_out, seen = [], [], {}
     scanned = scanned or scan(*dirs)
-    for path in scanned.records:
-        run_dir = os.path.dirname(path) or "."
-        try:
-            record = _read(path)
-        except CorruptRecordError as err:
-            if strict:
-                raise
-            left_out.append({"run_dir": run_dir, "run_id": None, "reason": f"corrupt record: {err.reason}"})
+    paths = scanned.records
+    half = len(paths) * 2 // 3 if aside is not None and len(paths) >= 1000 else len(paths)  # the worker starts later
+    later = aside.submit(examine, paths[half:], rehearsal) if half < len(paths) else None
+    found = examine(paths[:half], rehearsal) + (later.result() if later is not None else [])
+    for run_dir, run_id, reason, row in found:
+        if reason is not None and reason.startswith("corrupt record: ") and strict:
+            raise CorruptRecordError(f"{os.path.join(run_dir, RECORD_NAME)}: {reason.removeprefix('corrupt record: ')}")
+        if reason is None and run_id in seen:
+            reason = f"duplicate of {seen[run_id]} (same run_id)"
+        if reason is not None:
+            left_out.append({"run_dir": run_dir, "run_id": run_id, "reason": reason})
             continue
-        if bool(record.get("rehearsal")) != rehearsal and record.get("status") == "ok":
-            reason = ("rehearsal: a cluster rehearsal's record, no model work (--rehearsal shows them)"
-                      if record.get("rehearsal") else "not a rehearsal (--rehearsal shows only rehearsals)")
-            left_out.append({"run_dir": run_dir, "run_id": record.get("run_id"), "reason": reason})
-            continue
-        if record.get("status") != "ok":
-            left_out.append({"run_dir": run_dir, "run_id": record.get("run_id"),
-                             "reason": f"failed: {record.get('error') or 'no error given'}"})
-            continue
-        if record["run_id"] in seen:
-            left_out.append({"run_dir": run_dir, "run_id": record["run_id"],
-                             "reason": f"duplicate of {seen[record['run_id']]} (same run_id)"})
-            continue
-        seen[record["run_id"]] = run_dir
-        rows.append(_row(record, run_dir))
+        seen[run_id] = run_dir
+        rows.append(row)
     for run_dir in scanned.unfinished:
         left_out.append({"run_dir": run_dir, "run_id": None,
                          "reason": "unfinished: a job folder without record.json (running, or killed)"})
@@ -79,6 +71,30 @@ def collect(*dirs: str | Path, strict: bool = False, rehearsal: bool = False, sc
     frame.attrs["left_out"] = Kept(left_out)  # plain dicts: pandas compares attrs when it combines frames
     frame.attrs["axes"] = Kept(a for a in axes if a in frame)  # the columns a sweep chose (the rest are measured)
     return frame
+
+
+def examine(paths: list[str], rehearsal: bool) -> list[tuple]:
+    """(run_dir, run_id, why it is left out or None, its row or None) per record: what can be said
+    of each record alone (duplicates need them all: `collect` finds them). A record of another
+    schema raises RecordSchemaError."""
+    found = []
+    for path in paths:
+        run_dir = os.path.dirname(path) or "."
+        try:
+            record = _read(path)
+        except CorruptRecordError as err:
+            found.append((run_dir, None, f"corrupt record: {err.reason}", None))
+            continue
+        run_id = record.get("run_id")
+        if bool(record.get("rehearsal")) != rehearsal and record.get("status") == "ok":
+            found.append((run_dir, run_id, "rehearsal: a cluster rehearsal's record, no model work (--rehearsal shows "
+                                           "them)" if record.get("rehearsal") else
+                          "not a rehearsal (--rehearsal shows only rehearsals)", None))
+        elif record.get("status") != "ok":
+            found.append((run_dir, run_id, f"failed: {record.get('error') or 'no error given'}", None))
+        else:
+            found.append((run_dir, record["run_id"], None, _row(record, run_dir)))
+    return found
 
 
 class Kept(tuple):

@@ -30,10 +30,11 @@ def build_report(dirs: list[str | Path], out: Path, strict: bool = False, rehear
     """Collect, tables and report in this process; the figures (matplotlib's import included) in
     worker processes beside it, where the platform forks: on two cores the figures cost no wall
     time of their own (10,000 runs: 2.5 s of drawing)."""
-    scanned = scan(*dirs)
-    runs = collect(*dirs, strict=strict, rehearsal=rehearsal, scanned=scanned)
-    judgments = read_judgments(*dirs, scanned=scanned)
     with _aside() as workers:
+        workers.submit(_import_matplotlib)  # first: the worker's figures wait for it, not for the records
+        scanned = scan(*dirs)
+        runs = collect(*dirs, strict=strict, rehearsal=rehearsal, scanned=scanned, aside=workers)
+        judgments = read_judgments(*dirs, scanned=scanned)
         of_runs = workers.submit(_draw_runs, runs, out / "plots")
         tables = all_tables(runs, judgments)
         elo = next((t.numbers for t in tables if t.name == "elo"), None)
@@ -43,6 +44,14 @@ def build_report(dirs: list[str | Path], out: Path, strict: bool = False, rehear
         report.plots = _with_elo(of_runs.result(), of_elo.result())
     write_report(report, dirs, out, tables_written=True)
     return report
+
+
+def _import_matplotlib() -> None:
+    """A worker's first task: the import its figures need, done before they are asked for."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
 
 
 def _draw_runs(runs: pd.DataFrame, out: Path) -> list[Path]:
@@ -70,7 +79,7 @@ class _InProcess:
 
     def submit(self, fn, *args):
         future = Future()
-        future.set_result(fn(*args))
+        future.set_result(None if fn is _import_matplotlib else fn(*args))  # imported when a figure is drawn
         return future
 
     def __enter__(self):
@@ -84,7 +93,7 @@ def _aside():
     """Two forked workers for the figures; in process where fork is missing or one core is all."""
     if "fork" not in multiprocessing.get_all_start_methods() or (os.cpu_count() or 1) < 2:
         return _InProcess()
-    return ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("fork"))
+    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
 
 
 def judgment_counts(judgments: pd.DataFrame) -> str:

@@ -82,10 +82,16 @@ def load_base(path: str, dtype: DTypeConfig, kind: str = "causal", num_labels: i
     spec = KINDS[kind]
     auto_class, heads = spec.auto_class, spec.trained_heads
     extra = {"num_labels": num_labels} if spec.classifies else {}
+    if path.endswith(".gguf"):  # a release's unquantized reference: transformers dequantizes it
+        folder, _, name = path.rpartition("/")
+        path, extra = folder or ".", {**extra, "gguf_file": name}
     device_map = "auto" if torch.cuda.is_available() else "cpu"
     model = getattr(transformers, auto_class).from_pretrained(
         path, quantization_config=bnb_config(dtype, skip_modules=heads), dtype=load_dtype(dtype),
         device_map=device_map, **extra)
+    if "gguf_file" in extra:  # dequantized on load: an ordinary model from here (transformers would refuse to save it)
+        model.hf_quantizer = None
+        model.config.__dict__.pop("quantization_config", None)
     if dtype.backend == "lab":
         from qlora_lab.model.lab_backend import quantize_linears
 

@@ -110,6 +110,16 @@ def test_a_run_trains_on_the_release_and_its_record_names_it(releases, tmp_path)
     assert record["model"]["bits_per_param"] == pytest.approx(4.5, abs=0.002)
     assert record["model"]["weight_sqnr_db"] is None  # no 16-bit original to measure against
     assert record["metrics"]["train_loss_last"] < record["metrics"]["train_loss_first"] + 0.5
+    for merge in ("16bit", "4bit"):  # 4bit: a GGUF file of the release's block type, read by transformers
+        out = tmp_path / f"merged-{merge}"
+        export = subprocess.run([sys.executable, "-m", "qlora_lab.export", str(tmp_path / "run"), "--merge", merge,
+                                 "--out", str(out), "--tokens", "256"], capture_output=True, text=True, cwd=REPO,
+                                timeout=600)
+        assert export.returncode == 0, export.stderr[-3000:]
+        report = json.loads((out / "export.json").read_text())
+        assert report["kl_to_unmerged"] < (1e-4 if merge == "16bit" else 0.05), report
+    assert (tmp_path / "merged-4bit" / f"{path.stem}-merged.gguf").is_file()
+    assert "GGUF Q4_K" in json.loads((tmp_path / "merged-4bit" / "export.json").read_text())["format"]
 
 
 @pytest.mark.parametrize("overrides, says", [
@@ -182,3 +192,18 @@ def test_loading_keeps_no_16_bit_copy_of_a_quantized_layer(releases, tmp_path):
     linear_fp32_mb = 3 * (2 * 1024 * 1024 + 2 * 512 * 1024 + 3 * 1024 * 2560) * 4 / 2**20
     assert grown["transformers"] > 0.8 * linear_fp32_mb, grown  # it holds the dequantized layers
     assert grown["ours"] < 0.5 * linear_fp32_mb, grown  # the blocks, the file's pages, the 16-bit rest
+
+
+def test_a_checkpoint_folder_is_released_as_gguf_from_the_command_line(releases, tmp_path):
+    from qlora_lab.gguf_checkpoint import read_gguf_summary
+
+    original = releases["q4_k"].parent.parent / "original"
+    out = tmp_path / "small-q8_0.gguf"
+    proc = subprocess.run([sys.executable, "-m", "qlora_lab.release", str(original), "--gguf", "q8_0", "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = read_gguf_summary(str(out))
+    assert summary.released == "gguf q8_0" and summary.arch["num_layers"] == 2 and summary.model_type == "llama"
+    bad = subprocess.run([sys.executable, "-m", "qlora_lab.release", str(tmp_path), "--gguf", "q4_k", "--out", str(out)],
+                         capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert bad.returncode == 2 and "no config.json (not a transformers checkpoint folder)" in bad.stderr
