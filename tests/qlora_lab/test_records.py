@@ -86,3 +86,15 @@ def test_dtype_scale_restating_double_quant_keeps_earlier_run_ids():
     assert run_id(plain) == run_id({"dtype": {**before["dtype"], "double_quant": False}, "lora": {"r": 64}})
     other = {"dtype": {**before["dtype"], "double_quant": False, "scale": "e4m3", "backend": "lab"}, "lora": {"r": 64}}
     assert run_id(other) != run_id({"dtype": {**other["dtype"], "scale": None}, "lora": {"r": 64}})
+
+
+def test_dtype_released_at_null_keeps_earlier_run_ids_and_a_release_is_its_own_run():
+    """Records from before `dtype.released` keep their id; a run on a released GGUF base differs
+    from the same data type quantized here, and its label says so."""
+    from qlora_lab.records import dtype_label, run_id
+
+    before = {"dtype": {"name": "q4_k", "backend": "lab", "scale": "q4_k", "double_quant": False, "blocksize": 32}}
+    assert run_id({"dtype": {**before["dtype"], "released": None}}) == run_id(before)
+    released = {"dtype": {**before["dtype"], "released": "gguf q4_k"}}
+    assert run_id(released) != run_id(before)
+    assert dtype_label(released["dtype"]) == "Q4_K (released)" and dtype_label(before["dtype"]) == "Q4_K"

@@ -131,6 +131,11 @@ def test_what_a_release_cannot_be_is_refused_in_one_line(releases, tmp_path, ove
     assert proc.returncode != 0 and says in proc.stderr, proc.stderr[-2000:]
 
 
+def test_dtype_released_is_never_set_by_hand(tmp_path):
+    proc = run_cli("dtype.released=gguf q4_k", "dtype=q4_k", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode != 0 and "is set from model.path=FILE.gguf; leave it null" in proc.stderr, proc.stderr[-2000:]
+
+
 def test_unsupported_tensor_types_and_experts_are_refused(tmp_path):
     import gguf
     import numpy as np
