@@ -141,6 +141,16 @@ def shown_run_dirs(run_dirs: pd.Series, dirs: list) -> pd.Series:
     return shown
 
 
+def shown_in_text(texts: pd.Series, dirs: list) -> pd.Series:
+    """Folders named inside reasons (`duplicate of <folder>`) as the report shows folders: no
+    absolute path of this machine."""
+    for folder, as_shown in zip(map(Path, dirs), _shown_dirs(dirs)):
+        for prefix in {str(folder.resolve()), str(folder)}:
+            if os.path.isabs(prefix):  # a relative folder is already shown as given
+                texts = texts.str.replace(prefix + os.sep, as_shown + os.sep, regex=False)
+    return texts
+
+
 def shown_run_dir(run_dir: str, dirs: list) -> str:
     """One run folder as `shown_run_dirs` shows it."""
     return shown_run_dirs(pd.Series([run_dir]), dirs).iloc[0]
@@ -174,7 +184,7 @@ def write_report(report: Report, dirs: list, out: Path, tables_written: bool = F
         lines.append("None: every record found is counted.")
     else:
         left = report.left_out
-        lines += ("- `" + shown_run_dirs(left["run_dir"], dirs) + "`: " + left["reason"].astype(str)).tolist()
+        lines += ("- `" + shown_run_dirs(left["run_dir"], dirs) + "`: " + shown_in_text(left["reason"].astype(str), dirs)).tolist()
     if not report.runs.empty:
         shown = report.runs.assign(run_dir=shown_run_dirs(report.runs["run_dir"], dirs))
         shown.to_csv(out / "runs.csv", index=False)  # folders as shown in the report, not this machine's paths

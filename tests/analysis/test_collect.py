@@ -81,3 +81,15 @@ def test_a_report_that_mixes_versions_names_each_with_its_runs(tmp_path: Path):
     assert "different versions" in report and "transformers 4.57.3 (1 run)" in report
     assert "torch" not in report.split("different versions")[1].split("\n\n")[1]  # the same everywhere: not named
     assert version_mix(collect(tmp_path / "s" / "0")) == []
+
+
+def test_a_duplicate_names_its_first_run_without_this_machine_s_path(tmp_path):
+    """`duplicate of <folder>` in Runs left out shows that folder as the report shows folders."""
+    from qlora_analysis.report import build_report
+    from synthetic_runs import write_run
+
+    write_run(tmp_path / "s" / "0", {"dtype": "nf4"}, {"eval_loss": 2.0})
+    write_run(tmp_path / "s" / "1", {"dtype": "nf4"}, {"eval_loss": 2.0})
+    report = build_report([tmp_path / "s"], tmp_path / "report")
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert len(report.left_out) == 1 and "duplicate of" in text and str(tmp_path) not in text
