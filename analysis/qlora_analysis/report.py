@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from qlora_analysis.collect import collect, left_out, read_judgments, scan, version_mix
+from qlora_analysis.plots import elo_intervals, plots_of_runs, with_elo  # matplotlib: on the first figure
 from qlora_analysis.tables import Table, all_tables
 
 
@@ -35,13 +36,13 @@ def build_report(dirs: list[str | Path], out: Path, strict: bool = False, rehear
         scanned = scan(*dirs)
         runs = collect(*dirs, strict=strict, rehearsal=rehearsal, scanned=scanned, aside=workers)
         judgments = read_judgments(*dirs, scanned=scanned)
-        of_runs = workers.submit(_draw_runs, runs, out / "plots")
+        of_runs = workers.submit(plots_of_runs, runs, out / "plots")
         tables = all_tables(runs, judgments)
         elo = next((t.numbers for t in tables if t.name == "elo"), None)
-        of_elo = workers.submit(_draw_elo, elo, out / "plots")
+        of_elo = workers.submit(elo_intervals, elo, out / "plots")
         report = Report(runs, left_out(runs), judgments, tables)
         write_tables(report, out)
-        report.plots = _with_elo(of_runs.result(), of_elo.result())
+        report.plots = with_elo(of_runs.result(), of_elo.result())
     write_report(report, dirs, out, tables_written=True)
     return report
 
@@ -52,26 +53,6 @@ def _import_matplotlib() -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot  # noqa: F401
-
-
-def _draw_runs(runs: pd.DataFrame, out: Path) -> list[Path]:
-    from qlora_analysis.plots import plots_of_runs
-
-    return plots_of_runs(runs, out)
-
-
-def _draw_elo(elo: pd.DataFrame | None, out: Path) -> Path | None:
-    if elo is None:
-        return None
-    from qlora_analysis.plots import elo_intervals
-
-    return elo_intervals(elo, out)
-
-
-def _with_elo(made: list[Path], elo_plot: Path | None) -> list[Path]:
-    from qlora_analysis.plots import with_elo
-
-    return with_elo(made, elo_plot)
 
 
 class _InProcess:

@@ -83,8 +83,10 @@ def load_base(path: str, dtype: DTypeConfig, kind: str = "causal", num_labels: i
     auto_class, heads = spec.auto_class, spec.trained_heads
     extra = {"num_labels": num_labels} if spec.classifies else {}
     if path.endswith(".gguf"):  # a release's unquantized reference: transformers dequantizes it
-        folder, _, name = path.rpartition("/")
-        path, extra = folder or ".", {**extra, "gguf_file": name}
+        from qlora_lab.model.released import gguf_location
+
+        path, name = gguf_location(path)
+        extra = {**extra, "gguf_file": name}
     device_map = "auto" if torch.cuda.is_available() else "cpu"
     model = getattr(transformers, auto_class).from_pretrained(
         path, quantization_config=bnb_config(dtype, skip_modules=heads), dtype=load_dtype(dtype),

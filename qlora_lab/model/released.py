@@ -20,11 +20,16 @@ from qlora_lab.config import DTypeConfig
 from qlora_lab.model.quantize import load_dtype, torch_dtype
 
 
+def gguf_location(path: str) -> tuple[str, str]:
+    """(folder, file name): how transformers' `from_pretrained(folder, gguf_file=name)` takes a GGUF file."""
+    return os.path.split(os.path.abspath(path))
+
+
 def load_gguf_tokenizer(path: str):
     """The tokenizer the GGUF file carries, as transformers rebuilds it."""
     from transformers import AutoTokenizer
 
-    folder, name = os.path.split(os.path.abspath(path))
+    folder, name = gguf_location(path)
     return AutoTokenizer.from_pretrained(folder, gguf_file=name)
 
 
@@ -38,7 +43,7 @@ def load_gguf_base(path: str, dtype: DTypeConfig) -> torch.nn.Module:
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
 
-    folder, name = os.path.split(os.path.abspath(path))
+    folder, name = gguf_location(path)
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
     with init_empty_weights():  # parameters on the meta device; buffers (rotary frequencies) real
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
