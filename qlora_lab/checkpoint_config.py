@@ -1,5 +1,6 @@
 """`model.path=DIR_OR_HUB_ID`: what a researcher's own checkpoint is, read from its config.json
-(or, for `model.path=FILE.gguf`, from the GGUF header: gguf_checkpoint).
+(or, for `model.path=FILE.gguf`, from the GGUF header: gguf_checkpoint; a folder released in
+NVFP4 says so in its config.json: compressed_checkpoint).
 
 One override is enough to fine-tune your own folder or hub model: its `model_type` gives the
 model kind and the LoRA target family, its sizes give the `arch` that the memory estimate and
@@ -16,7 +17,8 @@ from pathlib import Path
 
 from qlora_lab.config_checks import ConfigError
 from qlora_lab.catalog import MODEL_TYPES
-from qlora_lab.gguf_checkpoint import is_gguf, read_gguf_summary
+from qlora_lab.compressed_checkpoint import CompressedSummary, is_compressed_release, read_compressed_summary
+from qlora_lab.gguf_checkpoint import GGUFSummary, is_gguf, read_gguf_summary
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # `gpt2`, `facebook/opt-125m`
 
@@ -108,3 +110,18 @@ def quantized_checkpoint(path: str | None) -> str | None:
         return None
     stored = checkpoint.get("quantization_config")
     return (stored.get("quant_method") or "quantized") if isinstance(stored, dict) else None
+
+
+def released_summary(path: str | None) -> GGUFSummary | CompressedSummary | None:
+    """What a base released quantized holds (a GGUF file, or a local folder of an NVFP4 release in
+    compressed-tensors' layout); None for anything else. A hub id is not looked up here: download
+    the release and give its folder."""
+    if not path:
+        return None
+    if is_gguf(path):
+        return read_gguf_summary(local_path(path))
+    folder = Path(path).expanduser()
+    if not (folder / "config.json").is_file():
+        return None
+    checkpoint = read_checkpoint_config(str(folder.resolve()))
+    return read_compressed_summary(path, checkpoint) if is_compressed_release(checkpoint) else None

@@ -419,24 +419,24 @@ def resolve_own_model(model: ModelConfig) -> ModelConfig:
 
 
 def released_storage(model: ModelConfig, dtype: DTypeConfig) -> DTypeConfig:
-    """A base released quantized (model.path=FILE.gguf) is stored as released: the dtype group
-    becomes the release's data type, `released` saying where it came from. The default dtype (nf4)
-    gives way to it; another data type would mean a second quantization, refused in one line."""
-    from qlora_lab.gguf_checkpoint import is_gguf
+    """A base released quantized (model.path=FILE.gguf, or the folder of an NVFP4 release) is
+    stored as released: the dtype group becomes the release's data type, `released` saying where
+    it came from. The default dtype (nf4) gives way to it; another data type would mean a second
+    quantization, refused in one line."""
+    from qlora_lab.checkpoint_config import released_summary
 
-    if dtype.released is not None and not is_gguf(model.path):
-        raise ConfigError("dtype.released", dtype.released, "is set from model.path=FILE.gguf; leave it null")
-    if not is_gguf(model.path):
+    summary = released_summary(model.path) if model.source == "pretrained" else None
+    if dtype.released is not None and summary is None:
+        raise ConfigError("dtype.released", dtype.released, "is set from model.path (a GGUF file or an NVFP4 "
+                                                            "release's folder); leave it null")
+    if summary is None:
         return dtype
-    from qlora_lab.gguf_checkpoint import read_gguf_summary
-
-    summary = read_gguf_summary(model.path)
     if dtype.name not in ("nf4", summary.storage) or dtype.codebook is not None:
         raise ConfigError("dtype", dtype.name, f"model.path={Path(model.path).name} is released as {summary.released} "
                                                f"and loads as stored; leave dtype unset (or dtype={summary.storage})")
     own = DTYPES[summary.storage]
     return dataclasses.replace(dtype, name=summary.storage, backend="lab", scale=own.scale, double_quant=False,
-                               blocksize=32, released=summary.released)
+                               blocksize=summary.blocksize, released=summary.released)
 
 
 def run_config(cfg: Any) -> RunConfig:

@@ -5,7 +5,8 @@ the merge changed, measured.
 - `16bit`: the run's quantized weights dequantized, the adapter merged in by peft, stored in
   bf16 (fp16 where the run computed in fp16).
 - `4bit`: that merged model stored again in the run's data type, as the run's own load stores it;
-  a run on a released GGUF base gets a GGUF file of the release's block type back.
+  a run on a released GGUF base gets a GGUF file of the release's block type back, one on an NVFP4
+  release a compressed-tensors NVFP4 folder.
   bitsandbytes' types (nf4, fp4) are written in transformers' bitsandbytes format, which
   `from_pretrained` loads as 4-bit; a type transformers cannot store (int4, nf3, ...) is written as
   its dequantized values in float32, the folder's `export.json` says which.
@@ -112,13 +113,18 @@ def export(run_dir: Path, merge: str, out: Path, tokens: int | None = None) -> E
         half = torch.float16 if config.dtype.compute_dtype == "fp16" else torch.bfloat16
         merged.to(half).save_pretrained(out)
         fmt = f"{str(half).removeprefix('torch.')} safetensors"
-    elif config.dtype.released:  # back into the release's own format
+    elif config.dtype.released and config.model.path.endswith(".gguf"):  # back into the release's own format
         fmt, gguf_file = _save_gguf(merged, built.tokenizer, config, out)
+    elif config.dtype.released:
+        from qlora_lab.model.nvfp4_write import write_nvfp4
+
+        write_nvfp4(merged, out)
+        fmt = f"NVFP4, compressed-tensors' nvfp4-pack-quantized (as released: {config.dtype.released})"
     else:
         fmt = _save_requantized(merged, config, out)
     built.tokenizer.save_pretrained(out)
     windows = fidelity_windows(config, built.tokenizer, load_splits(config.dataset).eval, tokens)
-    measured = _measure(config, built.model, _reload(out, gguf_file), windows)
+    measured = _measure(config, built.model, _reload(out, gguf_file, config), windows)
     report = ExportReport(run_dir=str(run_dir), run_id=record.run_id, merge=merge, dtype=config.dtype.name, format=fmt,
                           seconds=round(time.perf_counter() - start, 1), **measured)
     (out / EXPORT_NAME).write_text(json.dumps(asdict(report), indent=2) + "\n")
@@ -156,14 +162,19 @@ def _save_gguf(merged, tokenizer, config, out: Path) -> tuple[str, str]:
     return f"GGUF {config.dtype.name.upper()} (as released: {config.dtype.released})", name
 
 
-def _reload(out: Path, gguf_file: str | None = None):
+def _reload(out: Path, gguf_file: str | None = None, config=None):
     """The exported folder as anyone would load it (a 4-bit one kept off bitsandbytes' AVX512-BF16
     repacking, as every qlora-lab load is: with it, this comparison measured a KL of 0.25 nats); a
-    GGUF file through transformers' own reader."""
+    GGUF file through transformers' own reader; an NVFP4 folder through ours (transformers' needs
+    compressed-tensors, which decodes it to the same values: tests/qlora_lab/model/test_released_nvfp4.py)."""
     from transformers import AutoModelForCausalLM
 
     from qlora_lab.model.quantize import disable_cpu_weight_repacking
 
+    if config is not None and config.dtype.released and not gguf_file:
+        from qlora_lab.model.released_nvfp4 import load_nvfp4_base
+
+        return load_nvfp4_base(str(out), config.dtype)
     extra = {"gguf_file": gguf_file, "dtype": "float32"} if gguf_file else {"dtype": "auto"}
     model = AutoModelForCausalLM.from_pretrained(str(out), device_map="cpu", **extra)
     disable_cpu_weight_repacking(model)

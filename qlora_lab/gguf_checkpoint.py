@@ -31,6 +31,7 @@ class GGUFSummary:
     storage: str  # the data type of most of its quantized weights (q4_k), ours by name
     types: dict  # GGML type name -> tensors stored in it
     name: str  # general.name, else the file's stem
+    blocksize: int = 32  # the weights one scale covers (Q4_K's sub-block)
 
     @property
     def released(self) -> str:

@@ -151,8 +151,12 @@ def encode_e4m3(flat: torch.Tensor, book: Codebook, blocksize: int) -> tuple[tor
 
 
 def decode_e4m3(stored: dict, book: Codebook) -> BlockScales:
-    """torchao's get_hp_scales: tensor scale x block scale, rounded to float32 once."""
+    """torchao's get_hp_scales: tensor scale x block scale, rounded to float32 once. A release in
+    compressed-tensors' layout stores the tensor's scale as its inverse (`divisor`, 448 x 6 /
+    amax) and divides by it: block scale / divisor, rounded once (its `_dequantize`)."""
     fp8 = stored["e4m3"].view(torch.float8_e4m3fn).to(torch.float32)
+    if "divisor" in stored:
+        return BlockScales((fp8 / stored["divisor"].to(torch.float32)) * book.unit)
     return BlockScales((stored["global"].to(torch.float32) * fp8) * book.unit)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from qlora_lab.checkpoint_config import released_summary
 from qlora_lab.config import DTypeConfig, LoraConfig, ModelConfig
 from qlora_lab.model.bits import base_linear_bits, total_stored_bits
 from qlora_lab.model.kinds import KINDS
@@ -75,10 +76,19 @@ def load_base(path: str, dtype: DTypeConfig, kind: str = "causal", num_labels: i
     (and a classifier's head) stays unquantized."""
     import transformers
 
-    if dtype.released:  # stored as released: its blocks as they are, no 16-bit load
+    if dtype.released and path.endswith(".gguf"):  # stored as released: its blocks as they are, no 16-bit load
         from qlora_lab.model.released import load_gguf_base
 
         return load_gguf_base(path, dtype)
+    if not path.endswith(".gguf") and (dtype.released or released_summary(path) is not None):  # an NVFP4 release
+        from qlora_lab.model.merge import dequantize_linears
+        from qlora_lab.model.released_nvfp4 import load_nvfp4_base
+
+        model = load_nvfp4_base(path, dtype)
+        if not dtype.released:  # its unquantized reference: the stored values decoded, as compressed-tensors does
+            dequantize_linears(model)
+            model.to(load_dtype(dtype))
+        return model
     spec = KINDS[kind]
     auto_class, heads = spec.auto_class, spec.trained_heads
     extra = {"num_labels": num_labels} if spec.classifies else {}

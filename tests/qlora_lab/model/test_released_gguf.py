@@ -20,26 +20,10 @@ import pytest
 import torch
 
 from conftest import REPO, run_cli
+from released_models import small_llama
 from qlora_lab.config import ConfigError, DTypeConfig
 
 pytest.importorskip("gguf", reason="gguf reads and writes GGUF files (a runtime dependency)")
-
-
-def small_llama(hidden: int = 256, intermediate: int = 512, layers: int = 2, seed: int = 0):
-    """A random Llama and a BPE tokenizer trained on the repository's own source (seconds)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from qlora_lab.model.tiny import train_tokenizer
-
-    text = "".join(p.read_text() for p in sorted((REPO / "qlora_lab").glob("*.py")))
-    tokenizer = train_tokenizer(text, 512)
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, tie_word_embeddings=False,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
-    return LlamaForCausalLM(config).eval(), tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +117,8 @@ def test_what_a_release_cannot_be_is_refused_in_one_line(releases, tmp_path, ove
 
 def test_dtype_released_is_never_set_by_hand(tmp_path):
     proc = run_cli("dtype.released=gguf q4_k", "dtype=q4_k", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
-    assert proc.returncode != 0 and "is set from model.path=FILE.gguf; leave it null" in proc.stderr, proc.stderr[-2000:]
+    says = "is set from model.path (a GGUF file or an NVFP4 release's folder); leave it null"
+    assert proc.returncode != 0 and says in proc.stderr, proc.stderr[-2000:]
 
 
 def test_unsupported_tensor_types_and_experts_are_refused(tmp_path):
