@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 SHELL := /bin/bash
-.PHONY: install lock smoke test-newest demo test gpu-check bench clean slurm-up slurm-down micro-study adapters-study formats-study
+.PHONY: install lock smoke test-newest demo test gpu-check bench clean slurm-up slurm-down micro-study adapters-study formats-study released-study
 
 # The lock is the only source of versions: requirements-lock.txt pins every package, direct and
 # transitive (pip-tools' pip-compile, `make lock`), torch as the CPU build on this machine's disk;
@@ -101,6 +101,11 @@ micro-study: install
 # folder and report, as a section of its own. About 13 minutes on 2 cores, the base built.
 adapters-study: install
 	$(PY) -m qlora_lab.micro_study --adapters
+
+# The released-weights sweeps alone (part of `make micro-study`): the base's own GGUF Q4_K and NVFP4
+# releases fine-tuned as stored against NF4+DQ, 3 seeds; into the micro-study's folder and report.
+released-study: install
+	$(PY) -m qlora_lab.micro_study --released
 
 # The 4-bit formats of 2026 on the same base (MXFP4, NVFP4, Q4_0, Q4_K, HQQ against NF4 + DQ: PTQ on
 # three checkpoints, a codebook x scale format x block size cross, fine-tuning with 3 seeds):

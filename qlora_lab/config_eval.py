@@ -93,6 +93,9 @@ class EvalConfig:
     # eval.ppl's corpus (else the held-out split), in windows of eval.ppl.seq_len
     fidelity: bool = False
     fidelity_tokens: int = 8192  # positions scored at most (a bare base's reference is cached: tokens x vocab floats)
+    # the 16-bit checkpoint fidelity compares with; null: the base's own unquantized weights. A base
+    # released quantized has none of its own: give the original it was made from (the released study)
+    fidelity_reference: Optional[str] = None
     # JSONL of id, prompt[, reference], a set (oasst1, vicuna), or a list: into generations.jsonl
     prompts: Optional[Union[str, list]] = None
     prompt_template: str = "{prompt}"  # how a prompt is put to the model (Guanaco: "### Human: {prompt}### Assistant:")
@@ -104,6 +107,13 @@ class EvalConfig:
         positive("eval.fidelity_tokens", self.fidelity_tokens)
         if not isinstance(self.fidelity, bool):
             raise ConfigError("eval.fidelity", self.fidelity, "expected true or false")
+        if self.fidelity_reference is not None:
+            if not self.fidelity:
+                raise ConfigError("eval.fidelity_reference", self.fidelity_reference, "is what eval.fidelity=true "
+                                                                                      "compares with; set that too")
+            if not (Path(self.fidelity_reference) / "config.json").is_file():
+                raise ConfigError("eval.fidelity_reference", self.fidelity_reference,
+                                  "no checkpoint folder there (expected a 16-bit transformers folder with config.json)")
         choice("eval.objective", self.objective, objectives())
         at_least("eval.n_generate", self.n_generate, 0)
         positive("eval.max_new_tokens", self.max_new_tokens)

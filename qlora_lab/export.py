@@ -104,7 +104,7 @@ def export(run_dir: Path, merge: str, out: Path, tokens: int | None = None) -> E
     if merge == "4bit" and config.dtype.backend == "none":
         raise ExportError(f"{run_dir}: dtype={config.dtype.name} is not quantized; --merge 4bit has no data type "
                           f"to store it in (use --merge 16bit)")
-    reference = reference_base(config)
+    reference = reference_base(config, own=True)
     dequantized_into(reference, built.model.get_base_model())
     merged = merged_model(reference, built.model)
     out.mkdir(parents=True, exist_ok=True)

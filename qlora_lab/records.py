@@ -70,7 +70,7 @@ def _finite(value, path: str, found: dict):
 # without them computed: at that default they are left out of run_id, so earlier records keep
 # their id (and a relaunch still reuses them); any other value changes the id.
 ADDED_WITH_DEFAULTS = {"lora": {"init": "gaussian", "loftq_iter": 1, "pissa_niter": 0, "dora": False, "rslora": False},
-                       "dtype": {"released": None}}
+                       "dtype": {"released": None}, "eval": {"fidelity_reference": None}}
 
 
 def run_id(config: dict) -> str:

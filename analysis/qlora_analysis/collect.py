@@ -310,8 +310,11 @@ def version_mix(runs: pd.DataFrame) -> list[str]:
 
 
 def plain_lora(runs):
-    """The runs whose adapter is the paper's (plain LoRA, from a sweep that does not vary it): what
-    the data-type and target tables compare, so an adapter study never stands in for them."""
+    """The runs whose adapter is the paper's (plain LoRA, from a sweep that does not vary it), each
+    measured against its own base: what the data-type and target tables compare, so an adapter study
+    or the released-weights study (fidelity against a named original) never stands in for them."""
+    if not runs.empty and "eval.fidelity_reference" in runs:
+        runs = runs[runs["eval.fidelity_reference"].isna()]
     if runs.empty or "adapter" not in runs:
         return runs
     return runs[(runs["adapter"] == "LoRA") & ~runs["adapter_axis"].fillna(False).astype(bool)]

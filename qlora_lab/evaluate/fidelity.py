@@ -112,11 +112,13 @@ def fidelity_windows(config, tokenizer, eval_pairs: list, tokens: int | None = N
     return corpus_windows(tokenizer, texts, ec.ppl.seq_len, tokens or ec.fidelity_tokens)
 
 
-def reference_base(config, stored: bool = False):
+def reference_base(config, stored: bool = False, own: bool = False):
     """The run's base with its linear weights unquantized: loaded in the compute dtype as the
     quantized run loads its unquantized parts, then widened to float32 where the run's k-bit
     preparation widens them (norms and embeddings keep the same values either way). `stored`:
-    the weights the run's base quantized (after LoftQ's or PiSSA's split), not the checkpoint's."""
+    the weights the run's base quantized (after LoftQ's or PiSSA's split), not the checkpoint's.
+    `eval.fidelity_reference` names another checkpoint to compare with; `own` ignores it (export
+    merges into the base's own)."""
     import torch
 
     from qlora_lab.config import DTypeConfig
@@ -128,7 +130,8 @@ def reference_base(config, stored: bool = False):
     compute = config.dtype.compute_dtype
     unquantized = DTypeConfig(name="bf16" if compute == "bf16" else "fp32", backend="none", double_quant=None,
                               blocksize=None, compute_dtype=compute)
-    path = str(init.base_path) if init else model_path(config.model)
+    chosen = None if own else config.eval.fidelity_reference
+    path = str(init.base_path) if init else chosen or model_path(config.model)
     base = to_compute_dtype(load_base(path, unquantized, config.model.kind), unquantized)
     for param in base.parameters():
         param.requires_grad = False
@@ -145,7 +148,7 @@ def cached_reference(config, windows: list[list[int]]) -> list:
     from qlora_lab.model.build import model_path
     from qlora_lab.model.quantize import compute_autocast
 
-    key = _reference_key(config, model_path(config.model), windows)
+    key = _reference_key(config, config.eval.fidelity_reference or model_path(config.model), windows)
     path = cache_dir() / "fidelity" / f"reference-{key}.pt"
     if not path.exists():
         with build_lock(f"fidelity/reference-{key}"):

@@ -1,11 +1,12 @@
 """`python -m qlora_lab.micro_study` (`make micro-study`): the whole micro-study, offline.
 
-Builds (or reuses) the `micro` base and its pretraining checkpoints, runs the three sweeps on
-the local launcher into one folder (`finetune/`: sweeps/micro.yaml; `ptq/`: sweeps/micro_ptq.yaml,
-every data type on every checkpoint, eval-only; `blocksize/`: sweeps/micro_blocksize.yaml), judges
-the fine-tuned runs' answers with the offline reference judge, and writes the report with
-`qlora_analysis` over all three, timing each phase; the time split is appended to the report.
-Each phase is the project's own command, run as a user would run it.
+Builds (or reuses) the `micro` base and its pretraining checkpoints, runs the sweeps on the local
+launcher into one folder (`finetune/`: sweeps/micro.yaml; `ptq/`: sweeps/micro_ptq.yaml, every
+data type on every checkpoint, eval-only; `blocksize/`: sweeps/micro_blocksize.yaml; `released_init/`
+and `released/`: the base's own GGUF and NVFP4 releases, made into `releases/`, against NF4+DQ,
+sweeps/micro_released*.yaml), judges the fine-tuned runs' answers with the offline reference judge,
+and writes the report with `qlora_analysis` over all of them, timing each phase; the time split is
+appended to the report. Each phase is the project's own command, run as a user would run it.
 """
 
 from __future__ import annotations
@@ -42,13 +43,32 @@ def build_base(overrides: list[str] = ()) -> Path:
     return built_model_dir(config.model)
 
 
-SWEEPS = {"finetune": "micro", "ptq": "micro_ptq", "blocksize": "micro_blocksize"}  # folder -> sweep file
+RELEASED_SWEEPS = {"released_init": "micro_released_init", "released": "micro_released"}
+SWEEPS = {"finetune": "micro", "ptq": "micro_ptq", "blocksize": "micro_blocksize",
+          **RELEASED_SWEEPS}  # folder -> sweep file
 # the studies run on their own into the same folder and report: `--adapters` (`make adapters-study`),
-# the adapter variants; `--formats` (`make formats-study`), the 4-bit formats of 2026
+# the adapter variants; `--formats` (`make formats-study`), the 4-bit formats of 2026; `--released`,
+# the released-weights sweeps alone (part of the micro-study's own run)
 ADAPTER_SWEEPS = {"adapters_init": "adapters_init", "adapters": "adapters"}
 FORMAT_SWEEPS = {"formats_ptq": "micro_formats", "formats_cross": "micro_formats_cross",
                  "formats_ft": "micro_formats_ft"}
-STUDIES = {"adapters": ADAPTER_SWEEPS, "formats": FORMAT_SWEEPS}
+STUDIES = {"adapters": ADAPTER_SWEEPS, "formats": FORMAT_SWEEPS, "released": RELEASED_SWEEPS}
+RELEASES = "releases"  # the sweep folder's subfolder of the base's own releases
+
+
+def make_releases(base: Path, sweep_dir: Path, name: str = "micro") -> list[str]:
+    """The base's GGUF Q4_K file and NVFP4 folder, made by `python -m qlora_lab.release`, and the
+    overrides that sweep the released sweeps over them and the original (NF4+DQ, quantized here)."""
+    out = sweep_dir / RELEASES
+    gguf, nvfp4 = out / f"{name}-q4_k.gguf", out / f"{name}-nvfp4"
+    shutil.rmtree(nvfp4, ignore_errors=True)
+    _run("-m", "qlora_lab.release", str(base), "--gguf", "q4_k", "--out", str(gguf))
+    _run("-m", "qlora_lab.release", str(base), "--nvfp4", "--out", str(nvfp4))
+    return [f"model.path=null,{gguf},{nvfp4}", f"eval.fidelity_reference={base}"]
+
+
+def sweep_args(folder: str, releases: list[str] | None) -> list[str]:
+    return (releases or []) if folder in RELEASED_SWEEPS else []
 
 
 def run_times(sweep_dir: Path) -> dict[str, float]:
@@ -72,6 +92,9 @@ def main() -> None:
     parser.add_argument("--formats", action="store_true",
                         help="run the 2026 formats study (sweeps/micro_formats*.yaml) into the same folder and "
                              "rebuild the report with it; the other sweeps' timing is kept")
+    parser.add_argument("--released", action="store_true",
+                        help="run only the released-weights sweeps (sweeps/micro_released*.yaml) into the same folder "
+                             "and rebuild the report with them; the other sweeps' timing is kept")
     for folder, sweep in {**SWEEPS, **ADAPTER_SWEEPS, **FORMAT_SWEEPS}.items():
         parser.add_argument(f"--{folder}-args", default="", help=f"extra overrides for sweeps/{sweep}.yaml only")
     args = parser.parse_args()
@@ -88,32 +111,34 @@ def main() -> None:
             sys.exit(2)
         write_report(args.sweep_dir, args.out, json.loads(timing_file.read_text())["phases_s"])
         return
-    study = "adapters" if args.adapters else "formats" if args.formats else None
+    study = "adapters" if args.adapters else "formats" if args.formats else "released" if args.released else None
     phases: dict[str, float] = {}
     if study and timing_file.exists():  # the other sweeps ran before: their times stay in the report
         phases = {k: v for k, v in json.loads(timing_file.read_text())["phases_s"].items()
                   if not k.startswith((study, "analysis"))}
 
     start = time.perf_counter()
-    print(f"base: {build_base(args.overrides)}", flush=True)
-    phases[(f"{study}: " if study else "") + "pretraining (base build, or cache hit)"] = time.perf_counter() - start
+    base = build_base(args.overrides)
+    print(f"base: {base}", flush=True)
+    prefix = f"{study}: " if study else ""
+    phases[prefix + "pretraining (base build, or cache hit)"] = time.perf_counter() - start
+    releases = None
+    if study in (None, "released"):
+        start = time.perf_counter()
+        chosen = [o.split("=", 1)[1] for o in args.overrides if o.startswith("model=")]
+        releases = make_releases(base, args.sweep_dir, chosen[0] if chosen else "micro")
+        phases[prefix + "releases of the base (python -m qlora_lab.release: GGUF Q4_K, NVFP4)"] = \
+            time.perf_counter() - start
 
+    for folder, sweep in (STUDIES[study] if study else SWEEPS).items():
+        start = time.perf_counter()
+        _run("-m", "qlora_lab.train", "-m", f"+sweep={sweep}", "hydra/launcher=local",
+             f"hydra.sweep.dir={args.sweep_dir / folder}", *sweep_args(folder, releases), *args.overrides,
+             *shlex.split(getattr(args, f"{folder}_args")))
+        phases[f"{prefix}sweep {folder} (sweeps/{sweep}.yaml, wall)"] = time.perf_counter() - start
     if study:
-        for folder, sweep in STUDIES[study].items():
-            start = time.perf_counter()
-            _run("-m", "qlora_lab.train", "-m", f"+sweep={sweep}", "hydra/launcher=local",
-                 f"hydra.sweep.dir={args.sweep_dir / folder}", *args.overrides,
-                 *shlex.split(getattr(args, f"{folder}_args")))
-            phases[f"{study}: sweep {folder} (sweeps/{sweep}.yaml, wall)"] = time.perf_counter() - start
         write_report(args.sweep_dir, args.out, phases)
         return
-
-    for folder, sweep in SWEEPS.items():
-        start = time.perf_counter()
-        extra = shlex.split(getattr(args, f"{folder}_args"))
-        _run("-m", "qlora_lab.train", "-m", f"+sweep={sweep}", "hydra/launcher=local",
-             f"hydra.sweep.dir={args.sweep_dir / folder}", *args.overrides, *extra)
-        phases[f"sweep {folder} (sweeps/{sweep}.yaml, wall)"] = time.perf_counter() - start
 
     start = time.perf_counter()
     _run("-m", "qlora_lab.judge", str(args.sweep_dir / "finetune"))

@@ -78,8 +78,10 @@ def test_the_next_line_task_asks_true_lines_among_four_from_the_same_file():
 
 
 def test_micro_study_in_miniature_runs_judges_analyses_and_times_itself(tmp_path):
-    """Its three sweeps in miniature on `tiny` (two runs each), judged, analysed, timed: the report
-    opens with the claims table, a verdict in every row, and holds no absolute path."""
+    """Its sweeps in miniature on `tiny` (two runs each; the released-weights sweeps on the base's own
+    GGUF and NVFP4 releases, made by the driver: three and six), judged, analysed, timed: the report
+    opens with the claims table, a verdict in every row, has the released section with a verdict in
+    each of its rows, and holds no absolute path."""
     sweep, out = tmp_path / "sweep", tmp_path / "report"
     proc = subprocess.run(
         [sys.executable, "-m", "qlora_lab.micro_study", "--sweep-dir", str(sweep), "--out", str(out),
@@ -87,17 +89,20 @@ def test_micro_study_in_miniature_runs_judges_analyses_and_times_itself(tmp_path
          "--finetune-args", "+variant=qlora_nf4_dq,lora_bf16 lora.targets=all train.seed=0,1 train.max_steps=2 "
                             "eval.n_generate=3 eval.max_new_tokens=8",
          "--ptq-args", "model.checkpoint=null +variant=qlora_nf4,qlora_fp4",
-         "--blocksize-args", "dtype=int4_affine,nf4 dtype.blocksize=32"],
+         "--blocksize-args", "dtype=int4_affine,nf4 dtype.blocksize=32",
+         "--released-args", "train.seed=0,1 train.max_steps=2"],
         cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    records = {f"{part}/{name}": r for part in ("finetune", "ptq", "blocksize")
+    records = {f"{part}/{name}": r for part in ("finetune", "ptq", "blocksize", "released_init", "released")
                for name, r in records_under(sweep / part).items()}
-    assert len(records) == 8 and all(r["status"] == "ok" for r in records.values()), \
+    assert len(records) == 17 and all(r["status"] == "ok" for r in records.values()), \
         {k: r["error"] for k, r in records.items()}
+    assert sorted(r["model"]["released"] or "here" for k, r in records.items() if k.startswith("released/")) == \
+        ["gguf q4_k+q4_0"] * 2 + ["here"] * 2 + ["nvfp4"] * 2  # tiny's 704-wide MLP rows fall back to Q4_0
     for name, record in records.items():
         metrics = record["metrics"]
         assert metrics["kl_to_base"] >= 0 and 0 < metrics["top1_agree"] <= 1, name
-        if not name.startswith("blocksize"):
+        if not name.startswith(("blocksize", "released")):
             assert metrics["zero_shot_n"] == {"stdlib_next_line": 12} and 0 <= metrics["zero_shot_mean"] <= 1
     hydra_cfg = yaml.safe_load((sweep / "finetune" / "0" / ".hydra" / "hydra.yaml").read_text())
     assert hydra_cfg["hydra"]["launcher"]["_target_"] == "hydra_plugins.qlora_lab.LocalPool"  # the local pool ran them
@@ -111,10 +116,15 @@ def test_micro_study_in_miniature_runs_judges_analyses_and_times_itself(tmp_path
                               for row in claim_rows)
     assert "Beyond the paper: Int4-affine beats NF4 at blocksize 32" in first_table
     assert "Fidelity by blocksize" not in report  # one blocksize: no table of its own
+    released = report.split("### Fine-tuning released weights")[1].split("###")[0]
+    rows = [line for line in released.splitlines() if line.startswith("| ") and "(released)" in line]
+    at_init = ("closer to the original than", "farther from the original than", "as close as NF4+DQ")
+    assert len(rows) == 2 and all(any(v in row for v in at_init) and ("matches NF4+DQ" in row or "does not hold" in row)
+                                  for row in rows), released
     assert "NF4+DQ · all · r64" in report and "('NF4'" not in report and str(tmp_path) not in report
     assert "## Time" in report and "pretraining" in report and "judging" in report
     timing = json.loads((out / "timing.json").read_text())
-    assert timing["runs"] == 8 and timing["total_s"] >= sum(timing["phases_s"].values()) - 1e-6
+    assert timing["runs"] == 17 and timing["total_s"] >= sum(timing["phases_s"].values()) - 1e-6
     before = (out / "report.md").read_text()
     missing = subprocess.run([sys.executable, "-m", "qlora_lab.micro_study", "--report-only", "--sweep-dir",
                               str(tmp_path / "nowhere"), "--out", str(out)], cwd=tmp_path, capture_output=True,
