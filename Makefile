@@ -103,7 +103,9 @@ adapters-study: install
 	$(PY) -m qlora_lab.micro_study --adapters
 
 # The released-weights sweeps alone (part of `make micro-study`): the base's own GGUF Q4_K and NVFP4
-# releases fine-tuned as stored against NF4+DQ, 3 seeds; into the micro-study's folder and report.
+# releases fine-tuned as stored against NF4+DQ, 3 seeds: multirun/released-study and
+# reports/released-study/report.md, its section "Fine-tuning released weights" (`--sweep-dir
+# multirun/micro-study --out reports/micro-study` adds it to the micro-study's folder and report)
 released-study: install
 	$(PY) -m qlora_lab.micro_study --released
 

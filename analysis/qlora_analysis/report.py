@@ -132,6 +132,15 @@ def shown_in_text(texts: pd.Series, dirs: list) -> pd.Series:
     return texts
 
 
+PATH_KEYS = (".path", "_reference", "prompts", "include_path", "judged_as")  # values that may name files here
+
+
+def shown_paths(texts: pd.Series, dirs: list) -> pd.Series:
+    """Paths in config values as the report shows folders, and the home folder as `~`: a release
+    under the sweep folder, the built base in the cache, never this machine's absolute path."""
+    return shown_in_text(texts, dirs).str.replace(str(Path.home()) + os.sep, "~" + os.sep, regex=False)
+
+
 def shown_run_dir(run_dir: str, dirs: list) -> str:
     """One run folder as `shown_run_dirs` shows it."""
     return shown_run_dirs(pd.Series([run_dir]), dirs).iloc[0]
@@ -168,6 +177,10 @@ def write_report(report: Report, dirs: list, out: Path, tables_written: bool = F
         lines += ("- `" + shown_run_dirs(left["run_dir"], dirs) + "`: " + shown_in_text(left["reason"].astype(str), dirs)).tolist()
     if not report.runs.empty:
         shown = report.runs.assign(run_dir=shown_run_dirs(report.runs["run_dir"], dirs))
+        for column in [c for c in shown.columns if c.endswith(PATH_KEYS)]:  # config values naming files
+            have = shown[column].notna()
+            if have.any():
+                shown.loc[have, column] = shown_paths(shown.loc[have, column].astype(str), dirs)
         shown.to_csv(out / "runs.csv", index=False)  # folders as shown in the report, not this machine's paths
         lines += ["", "Every counted run, one row each: runs.csv"]
     path = out / "report.md"

@@ -81,8 +81,10 @@ def run_times(sweep_dir: Path) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sweep-dir", type=Path, help="default: multirun/micro-study (--formats: multirun/formats-study)")
-    parser.add_argument("--out", type=Path, help="default: reports/micro-study (--formats: reports/formats-study)")
+    parser.add_argument("--sweep-dir", type=Path, help="default: multirun/micro-study (--formats: multirun/formats-study, "
+                                                       "--released: multirun/released-study)")
+    parser.add_argument("--out", type=Path, help="default: reports/micro-study (--formats: reports/formats-study, "
+                                                 "--released: reports/released-study)")
     parser.add_argument("--report-only", action="store_true",
                         help="rebuild the report from the sweep folder and the timing of the run that made it")
     parser.add_argument("overrides", nargs="*", help="extra overrides for every sweep (e.g. train.seed=0)")
@@ -93,14 +95,15 @@ def main() -> None:
                         help="run the 2026 formats study (sweeps/micro_formats*.yaml) into the same folder and "
                              "rebuild the report with it; the other sweeps' timing is kept")
     parser.add_argument("--released", action="store_true",
-                        help="run only the released-weights sweeps (sweeps/micro_released*.yaml) into the same folder "
-                             "and rebuild the report with them; the other sweeps' timing is kept")
+                        help="run only the released-weights sweeps (sweeps/micro_released*.yaml; the micro-study runs "
+                             "them too) into multirun/released-study and reports/released-study, or into the folder "
+                             "given, rebuilding its report; the other sweeps' timing is kept")
     for folder, sweep in {**SWEEPS, **ADAPTER_SWEEPS, **FORMAT_SWEEPS}.items():
         parser.add_argument(f"--{folder}-args", default="", help=f"extra overrides for sweeps/{sweep}.yaml only")
     args = parser.parse_args()
-    # the formats study has a report of its own: run alone, it must not replace the micro-study's
-    # report with one of its three sweeps (given the micro-study's folders, it joins them)
-    name = "formats-study" if args.formats else "micro-study"
+    # the formats and released studies have reports of their own: run alone, they must not replace
+    # the micro-study's report with their sweeps only (given the micro-study's folders, they join them)
+    name = "formats-study" if args.formats else "released-study" if args.released else "micro-study"
     args.sweep_dir = args.sweep_dir or REPO / "multirun" / name
     args.out = args.out or REPO / "reports" / name
     timing_file = args.out / "timing.json"

@@ -4,6 +4,8 @@ study's runs (fidelity against a named original) stay out of every other table."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from qlora_analysis.collect import collect
 from qlora_analysis.report import build_report
 from qlora_analysis.tables.fidelity import ptq_fidelity
@@ -14,10 +16,10 @@ BASES = {"nf4": (None, True, 2.0, 0.0), "q4_k": ("gguf q4_k", False, 1.5, 0.0001
          "nvfp4": ("nvfp4", False, 2.01, 0.2)}  # released as, double quant, KL at init (10^-3), loss gap
 
 
-def study(root):
+def study(root, reference: str = "/original"):
     for name, (released_as, dq, kl, gap) in BASES.items():
         common = {"dtype": name, "dtype.backend": "bnb" if name == "nf4" else "lab", "dtype.double_quant": dq,
-                  "eval.fidelity_reference": "/original", "lora.targets": "all"}
+                  "eval.fidelity_reference": reference, "lora.targets": "all"}
         if released_as:
             common["dtype.released"] = released_as
         write_run(root / "released_init" / name, {**common, "train.max_steps": 0},
@@ -44,7 +46,7 @@ def test_one_row_per_release_with_a_verdict_at_init_and_after_fine_tuning(tmp_pa
 
 
 def test_the_study_runs_stay_out_of_the_other_tables_and_the_report_has_the_section(tmp_path):
-    study(tmp_path / "sweeps")
+    study(tmp_path / "sweeps", reference=str(Path.home() / ".cache" / "original"))
     write_run(tmp_path / "sweeps" / "ptq" / "nf4", {"dtype": "nf4", "train.max_steps": 0},
               {"kl_to_base": 2.5e-3, "kl_to_base_ci": [2.4e-3, 2.6e-3]})
     runs = collect(tmp_path / "sweeps")
@@ -53,3 +55,5 @@ def test_the_study_runs_stay_out_of_the_other_tables_and_the_report_has_the_sect
     build_report([tmp_path / "sweeps"], tmp_path / "report")
     text = (tmp_path / "report" / "report.md").read_text()
     assert f"### {TITLE}" in text and "Q4_K (released)" in text
+    shown = (tmp_path / "report" / "runs.csv").read_text()  # paths in config values: never this machine's
+    assert "~/.cache/original" in shown and str(Path.home()) + "/" not in shown and str(tmp_path) not in shown

@@ -46,6 +46,8 @@ BAD = [
     (("dataset", "path"), "/no/such/file.jsonl", "dataset.path=/no/such/file.jsonl: no such file"),
     (("lora", "modulez"), ["q_proj"], "lora.modulez: unknown key; expected one of r, alpha, dropout, targets"),
     (("train", "warmup_ratoi"), 0.1, "train.warmup_ratoi: unknown key"),
+    (("eval", "fidelity_reference"), "/no/such/original",
+     "eval.fidelity_reference=/no/such/original: is what eval.fidelity=true compares with; set that too"),
 ]
 
 
@@ -106,3 +108,12 @@ def test_group_yaml_files_hold_only_what_differs_from_the_dataclass_defaults(gro
         assert loaded.pop("defaults") == [f"/schema/{group}@_here_", "_self_"], path
         same = [key for key, value in loaded.items() if key in defaults and value == defaults[key]]
         assert not same, f"{path.name} repeats the defaults of {', '.join(same)}"
+
+
+def test_a_fidelity_reference_must_be_a_checkpoint_folder(default_tree, tmp_path):
+    tree = copy.deepcopy(default_tree)
+    tree["eval"].update(fidelity=True, fidelity_reference=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"no checkpoint folder there \(expected a 16-bit transformers folder"):
+        run_config(tree)
+    (tmp_path / "config.json").write_text("{}")
+    assert run_config(tree).eval.fidelity_reference == str(tmp_path)

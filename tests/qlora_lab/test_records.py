@@ -98,3 +98,6 @@ def test_dtype_released_at_null_keeps_earlier_run_ids_and_a_release_is_its_own_r
     released = {"dtype": {**before["dtype"], "released": "gguf q4_k"}}
     assert run_id(released) != run_id(before)
     assert dtype_label(released["dtype"]) == "Q4_K (released)" and dtype_label(before["dtype"]) == "Q4_K"
+    measured = {"eval": {"loss": True}}
+    assert run_id({"eval": {"loss": True, "fidelity_reference": None}}) == run_id(measured)  # the same for this key
+    assert run_id({"eval": {"loss": True, "fidelity_reference": "/original"}}) != run_id(measured)
