@@ -75,9 +75,9 @@ test-newest: | $(UV)
 	rm -rf $(NEWEST)
 	$(PYTHON) -m venv $(NEWEST)
 	$(UV) pip install -q --python $(NEWEST)/bin/python --compile-bytecode $(FIND_LINKS) -c install/torch-cpu.txt --upgrade -e '.[dev]'
-	echo torch > $(NEWEST)/refs-excludes.txt  # the venv's CPU torch serves the references (hqq asks for one: the CUDA build)
+	printf 'torch\ntransformers\n' > $(NEWEST)/refs-excludes.txt  # the venv's serve the references (hqq asks for torch: the CUDA build)
 	$(UV) pip install -q --python $(NEWEST)/bin/python --compile-bytecode --target $(NEWEST)/refs --upgrade \
-	    --excludes $(NEWEST)/refs-excludes.txt torchao hqq
+	    --excludes $(NEWEST)/refs-excludes.txt torchao hqq compressed-tensors
 	$(NEWEST)/bin/python -m pip check
 	(cd $(NEWEST) && bin/python -m pip freeze --all --exclude-editable | grep -v '^pip==' && \
 	 bin/python -m pip freeze --path refs) > $(NEWEST)/freeze.txt
