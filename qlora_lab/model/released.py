@@ -72,7 +72,7 @@ def load_gguf_base(path: str, dtype: DTypeConfig) -> torch.nn.Module:
         values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)  # F32 / F16 / BF16 as they are; an
         values = processor.process(weights=values, name=tensor.name).weights  # embedding in blocks, decoded
         owned = np.array(values, dtype=np.float32)  # a copy: the reader's arrays are the file's read-only pages
-        _set_tensor(owner, leaf, torch.from_numpy(owned).reshape(shape).to(kept))
+        set_frozen_tensor(owner, leaf, torch.from_numpy(owned).reshape(shape).to(kept))
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
     missing = [n for n, p in model.named_parameters() if p.is_meta]
@@ -83,7 +83,7 @@ def load_gguf_base(path: str, dtype: DTypeConfig) -> torch.nn.Module:
     return model
 
 
-def _set_tensor(module: torch.nn.Module, leaf: str, value: torch.Tensor) -> None:
+def set_frozen_tensor(module: torch.nn.Module, leaf: str, value: torch.Tensor) -> None:
     """A parameter (frozen: the base is) or buffer of `module`, replaced by `value`."""
     old = getattr(module, leaf)
     if isinstance(old, torch.nn.Parameter):

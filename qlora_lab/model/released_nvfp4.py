@@ -20,7 +20,7 @@ import torch
 
 from qlora_lab.config import DTypeConfig
 from qlora_lab.model.quantize import load_dtype, torch_dtype
-from qlora_lab.model.released import _set_tensor
+from qlora_lab.model.released import set_frozen_tensor
 
 log = logging.getLogger(__name__)
 STORED = ("weight_packed", "weight_scale", "weight_global_scale")  # one NVFP4 layer's tensors
@@ -81,7 +81,7 @@ def load_nvfp4_base(path: str, dtype: DTypeConfig) -> torch.nn.Module:
                 module = model.get_submodule(owner)
             except AttributeError:
                 raise ValueError(f"{path}: tensor {key} has no place in a {config.model_type} model") from None
-            _set_tensor(module, leaf, reader.get_tensor(key).to(kept))
+            set_frozen_tensor(module, leaf, reader.get_tensor(key).to(kept))
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
     unset = [n for n, p in model.named_parameters() if p.is_meta]
