@@ -3,7 +3,10 @@ tests load (GGUF files by the gguf package's writer; NVFP4 folders by compressed
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import torch
@@ -67,3 +70,30 @@ def compressed_tensors_release(model: torch.nn.Module, tokenizer, out: Path, sch
     compressor.update_config(str(out))
     tokenizer.save_pretrained(out)
     return out
+
+
+PEAK_OF_A_LOAD = """
+import re, sys
+sys.path += sys.argv[3:]  # the references, before transformers looks for them
+import torch, transformers
+{load}
+resident = lambda key: int(re.search(key + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+warm = load(sys.argv[1])
+del warm
+open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) restarts from here
+before = resident("VmRSS")
+model = load(sys.argv[2])
+print((resident("VmHWM") - before) / 1024)
+"""
+
+
+def load_peak_mb(load: str, warm: Path, measured: Path, refs: bool = False) -> float:
+    """Peak resident memory growth, in MiB, of `load(measured)` in a fresh process (one torch
+    thread), after a first `load(warm)` (imports and lazy set-up left out). `load`: the source of a
+    function `load(path)`; `refs`: the references' folder on that process's path."""
+    script = PEAK_OF_A_LOAD.format(load=textwrap.dedent(load))
+    args = [sys.executable, "-c", script, str(warm), str(measured)] + [str(REFS)] * refs
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return float(proc.stdout.split()[-1])

@@ -73,14 +73,19 @@ def load_gguf_base(path: str, dtype: DTypeConfig) -> torch.nn.Module:
         values = processor.process(weights=values, name=tensor.name).weights  # embedding in blocks, decoded
         owned = np.array(values, dtype=np.float32)  # a copy: the reader's arrays are the file's read-only pages
         set_frozen_tensor(owner, leaf, torch.from_numpy(owned).reshape(shape).to(kept))
+    return finished(model, config, f"{path}: the GGUF file")
+
+
+def finished(model: torch.nn.Module, config, source: str) -> torch.nn.Module:
+    """A model built with empty weights and filled from a release: its head tied where the config
+    ties it, every parameter given (else the first missing, named), in eval mode."""
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
     missing = [n for n, p in model.named_parameters() if p.is_meta]
     if missing:
-        raise ValueError(f"{path}: the GGUF file holds no tensor for {', '.join(missing[:3])}"
+        raise ValueError(f"{source} holds no tensor for {', '.join(missing[:3])}"
                          + (f" and {len(missing) - 3} more" if len(missing) > 3 else ""))
-    model.eval()
-    return model
+    return model.eval()
 
 
 def set_frozen_tensor(module: torch.nn.Module, leaf: str, value: torch.Tensor) -> None:

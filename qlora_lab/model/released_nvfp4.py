@@ -20,7 +20,7 @@ import torch
 
 from qlora_lab.config import DTypeConfig
 from qlora_lab.model.quantize import load_dtype, torch_dtype
-from qlora_lab.model.released import set_frozen_tensor
+from qlora_lab.model.released import finished, set_frozen_tensor
 
 log = logging.getLogger(__name__)
 STORED = ("weight_packed", "weight_scale", "weight_global_scale")  # one NVFP4 layer's tensors
@@ -82,17 +82,10 @@ def load_nvfp4_base(path: str, dtype: DTypeConfig) -> torch.nn.Module:
             except AttributeError:
                 raise ValueError(f"{path}: tensor {key} has no place in a {config.model_type} model") from None
             set_frozen_tensor(module, leaf, reader.get_tensor(key).to(kept))
-    if getattr(config, "tie_word_embeddings", False):
-        model.tie_weights()
-    unset = [n for n, p in model.named_parameters() if p.is_meta]
-    if unset:
-        raise ValueError(f"{path}: the release holds no tensor for {', '.join(unset[:3])}"
-                         + (f" and {len(unset) - 3} more" if len(unset) > 3 else ""))
     groups = stored.get("config_groups", {}) if isinstance(stored, dict) else {}
     inputs = next((g["input_activations"] for g in groups.values() if g.get("input_activations")), None)
     if inputs:  # W4A4: the activation scheme is for inference kernels; LoRA trains on the weights
         log.warning("%s also quantizes its layers' inputs at inference (%s-bit %s, groups of %s); here they "
                     "stay in %s", path, inputs.get("num_bits"), inputs.get("type"), inputs.get("group_size"),
                     str(compute).removeprefix("torch."))
-    model.eval()
-    return model
+    return finished(model, config, f"{path}: the release")

@@ -10,17 +10,15 @@ copy of a quantized layer; a run trains on it and its record names the release.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import REPO, run_cli
-from released_models import small_llama
+from released_models import load_peak_mb, small_llama
 from qlora_lab.config import ConfigError, DTypeConfig
 
 pytest.importorskip("gguf", reason="gguf reads and writes GGUF files (a runtime dependency)")
@@ -153,32 +151,21 @@ def test_loading_keeps_no_16_bit_copy_of_a_quantized_layer(releases, tmp_path):
     model, tokenizer = small_llama(hidden=1024, intermediate=2560, layers=3)
     path = write_gguf(model, tokenizer, tmp_path / "big.gguf", "q4_k")
     del model
-    script = textwrap.dedent("""
-        import os, re, sys, torch, transformers
+    loaders = {"ours": """
         from qlora_lab.config import DTypeConfig
         from qlora_lab.model.released import load_gguf_base
 
         def load(path):
-            if sys.argv[1] == "ours":
-                return load_gguf_base(path, DTypeConfig(name="q4_k", backend="lab", scale=None, double_quant=False,
-                                                        blocksize=32, compute_dtype="fp32", released="gguf q4_k"))
+            return load_gguf_base(path, DTypeConfig(name="q4_k", backend="lab", scale=None, double_quant=False,
+                                                    blocksize=32, compute_dtype="fp32", released="gguf q4_k"))
+        """, "transformers": """
+        import os
+
+        def load(path):
             return transformers.AutoModelForCausalLM.from_pretrained(os.path.dirname(path),
                                                                      gguf_file=os.path.basename(path), dtype=torch.float32)
-
-        resident = lambda key: int(re.search(key + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1))
-        warm = load(sys.argv[2])
-        del warm
-        open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) restarts from here
-        before = resident("VmRSS")
-        model = load(sys.argv[3])
-        print((resident("VmHWM") - before) / 1024)
-    """)
-    grown = {}
-    for who in ("ours", "transformers"):
-        proc = subprocess.run([sys.executable, "-c", script, who, str(releases["q4_k"]), str(path)], capture_output=True,
-                              text=True, cwd=REPO, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        grown[who] = float(proc.stdout.split()[-1])
+        """}
+    grown = {who: load_peak_mb(load, releases["q4_k"], path) for who, load in loaders.items()}
     linear_fp32_mb = 3 * (2 * 1024 * 1024 + 2 * 512 * 1024 + 3 * 1024 * 2560) * 4 / 2**20
     assert grown["transformers"] > 0.8 * linear_fp32_mb, grown  # it holds the dequantized layers
     assert grown["ours"] < 0.5 * linear_fp32_mb, grown  # the blocks, the file's pages, the 16-bit rest

@@ -11,10 +11,8 @@ compressed-tensors is a test dependency only (the lock's `refs`, which `make ins
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,7 @@ import torch
 
 from conftest import REPO, run_cli
 from qlora_lab.config import ConfigError, DTypeConfig
-from released_models import REFS, compressed_tensors_release, small_llama, with_refs
+from released_models import compressed_tensors_release, load_peak_mb, small_llama, with_refs
 
 with_refs()
 pytest.importorskip("compressed_tensors", reason="compressed-tensors is a test dependency (make install: .venv/refs)")
@@ -193,39 +191,23 @@ def test_loading_keeps_no_16_bit_copy_of_a_quantized_layer(release, tmp_path):
     release (imports and lazy set-up left out): ours against transformers' loading through
     compressed-tensors with decompression, on a release whose linear layers dominate (36M weights:
     63 MiB in bf16, 20 MiB as NVFP4). Measured: ours +32 to +34 MiB, compressed-tensors'
-    +159 to +198 MiB."""
+    +159 to +203 MiB."""
     model, tokenizer = small_llama(hidden=1024, intermediate=2560, layers=3)
     big = compressed_tensors_release(model.to(torch.bfloat16), tokenizer, tmp_path / "big")
     del model
-    script = textwrap.dedent("""
-        import re, sys, torch
-        sys.path.append(sys.argv[4])
-        import transformers
+    loaders = {"ours": """
         from qlora_lab.config import DTypeConfig
         from qlora_lab.model.released_nvfp4 import load_nvfp4_base
 
         def load(path):
-            if sys.argv[1] == "ours":
-                return load_nvfp4_base(path, DTypeConfig(name="nvfp4", backend="lab", scale="e4m3", double_quant=False,
-                                                         blocksize=16, compute_dtype="bf16", released="nvfp4"))
+            return load_nvfp4_base(path, DTypeConfig(name="nvfp4", backend="lab", scale="e4m3", double_quant=False,
+                                                     blocksize=16, compute_dtype="bf16", released="nvfp4"))
+        """, "compressed-tensors": """
+        def load(path):
             config = transformers.CompressedTensorsConfig(dequantize=True)
             return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, quantization_config=config)
-
-        resident = lambda key: int(re.search(key + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1))
-        warm = load(sys.argv[2])
-        del warm
-        open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) restarts from here
-        before = resident("VmRSS")
-        model = load(sys.argv[3])
-        print((resident("VmHWM") - before) / 1024)
-    """)
-    grown = {}
-    for who in ("ours", "compressed-tensors"):
-        proc = subprocess.run([sys.executable, "-c", script, who, str(release), str(big), str(REFS)],
-                              capture_output=True, text=True, cwd=REPO, timeout=600,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        grown[who] = float(proc.stdout.split()[-1])
+        """}
+    grown = {who: load_peak_mb(load, release, big, refs=True) for who, load in loaders.items()}
     print("peak growth of the load, MB:", grown)
     linear_bf16_mb = 3 * (2 * 1024 * 1024 + 2 * 512 * 1024 + 3 * 1024 * 2560) * 2 / 2**20
     assert grown["compressed-tensors"] > 0.8 * linear_bf16_mb, grown  # it holds the decompressed layers
