@@ -162,7 +162,7 @@ def formats_table(size: int, repeats: int) -> None:
     copy_gbs = 2 * out.numel() * 4 / best_ms(lambda: out.copy_(src), repeats) / 1e6
     fill = best_ms(lambda: torch.empty(size * size).fill_(1.0), repeats)
     print(f"\nthe 4-bit formats of 2026, {size}x{size}, fp32 output (copy {copy_gbs:.1f} GB/s, fill {fill:.2f} ms):")
-    print(f"{'format':<9}{'bits':>6}{'quantize ms':>13}" + "".join(f"{p + ' /copy':>13}{p + ' /fill':>13}"
+    print(f"{'format':<9}{'bits':>6}{'quantize ms':>13}" + "".join(f"{p + ' /copy':>16}{p + ' /fill':>16}"
                                                                     for p in paths))
     for name, (book, blocksize, scale) in FORMATS.items():
         quantize_ms = best_ms(lambda: quantize(weight, book, blocksize, scale=scale), max(2, repeats // 3))
@@ -173,7 +173,7 @@ def formats_table(size: int, repeats: int) -> None:
             with native.decode_path(path):
                 into = best_ms(lambda: dequantize(state, torch.float32, out=out), repeats)
                 fresh = best_ms(lambda: dequantize(state, torch.float32), repeats)
-            cells += f"{moved / into / 1e6 / copy_gbs:>13.2f}{fresh / fill:>13.2f}"
+            cells += f"{moved / into / 1e6 / copy_gbs:>16.2f}{fresh / fill:>16.2f}"
         print(f"{name:<9}{state.bits_per_param:>6.2f}{quantize_ms:>13.1f}" + cells)
         sys.stdout.flush()
 

@@ -125,12 +125,9 @@ def dequantize(state: QuantState, dtype: torch.dtype | None = None, out: torch.T
 
         values = dequantize_4bit_triton(state, dtype)
         return values if out is None else out.copy_(values)
-    scales = state.block_scales()
     if _compiled(state.codebook, state.packed):
-        flat = native.dequantize_4bit(state.packed.reshape(-1), scales.scale, state.codebook.tensor(), n, bs,
-                                      dtype, out=None if out is None else out.view(-1), offsets=scales.offset,
-                                      zeros=scales.zero)
-        return flat.view(state.shape) if out is None else out
+        return _compiled_decode(state, dtype, out)
+    scales = state.block_scales()
     values = _code_values(state)[:n]  # a fresh float32 tensor: scaled in place
     # value = (code value - zero) x scale + offset, each a separate float32 rounding (as the compiled
     # codec and the Triton kernel do it)
@@ -140,6 +137,22 @@ def dequantize(state: QuantState, dtype: torch.dtype | None = None, out: torch.T
             _per_block_op(values, per_block.float(), bs, apply)
     values = values.view(state.shape).to(dtype)
     return values if out is None else out.copy_(values)
+
+
+def _compiled_decode(state: QuantState, dtype: torch.dtype, out: torch.Tensor | None) -> torch.Tensor:
+    """The compiled CPU codec: the block constants decoded in C where their format says how
+    (no tensor of all the scales first), else in torch and handed over."""
+    flat_out = None if out is None else out.view(-1)
+    packed, table = state.packed.reshape(-1), state.codebook.tensor()
+    stored = state.stored_scales()
+    if stored is not None:
+        flat = native.dequantize_4bit_stored(packed, stored.kind, stored.tensors, stored.table, stored.constant, table,
+                                             state.numel, state.blocksize, dtype, out=flat_out)
+    else:
+        scales = state.block_scales()
+        flat = native.dequantize_4bit(packed, scales.scale, table, state.numel, state.blocksize, dtype, out=flat_out,
+                                      offsets=scales.offset, zeros=scales.zero)
+    return flat.view(state.shape) if out is None else out
 
 
 def _per_block_op(values: torch.Tensor, per_block: torch.Tensor, bs: int, apply) -> None:

@@ -159,6 +159,9 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
     pointer, i64, i32, u8 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_uint8
     library.dequantize_4bit.argtypes = [pointer] * 6 + [i64, i64, i64, i64, i32, i32, i32]
     library.dequantize_4bit.restype = None
+    library.dequantize_4bit_stored.argtypes = [pointer, i32] + [pointer] * 4 + [ctypes.c_float] + [pointer] * 2 + \
+        [i64, i64, i64, i64, i32, i32, i32]
+    library.dequantize_4bit_stored.restype = None
     library.decode_paths.argtypes, library.decode_paths.restype = [], i32
     library.native_bf16.argtypes, library.native_bf16.restype = [], i32
     library.quantize_4bit.argtypes = [pointer, pointer, pointer, u8, pointer, pointer, i64, i64, i64, i64]
@@ -197,22 +200,50 @@ def dequantize_4bit(packed: torch.Tensor, absmax: torch.Tensor, table: torch.Ten
     centres, Q4_K's mins) where given. `library`: another build than the default (the tests run
     the portable one)."""
     library = library or _library()
-    packed, absmax, table = packed.contiguous(), absmax.float().contiguous(), table.float().contiguous()
+    absmax = absmax.float().contiguous()
     offsets = None if offsets is None else offsets.float().contiguous()
     zeros = None if zeros is None else zeros.float().contiguous()
+    constants = (absmax.data_ptr(), None if offsets is None else offsets.data_ptr(),
+                 None if zeros is None else zeros.data_ptr())
+    return _decode(library, library.dequantize_4bit, constants, packed, table, n, blocksize, dtype, out)
+
+
+# cpu_codec.c's kinds of stored block constants (decode_scales)
+SCALE_KINDS = {"nested": 1, "byte_table": 2, "half": 3, "half_zero": 4, "k4": 5}
+
+
+def dequantize_4bit_stored(packed: torch.Tensor, kind: str, tensors: tuple, scale_table: torch.Tensor | None,
+                           constant: float, table: torch.Tensor, n: int, blocksize: int, dtype: torch.dtype,
+                           out: torch.Tensor | None = None, library: ctypes.CDLL | None = None) -> torch.Tensor:
+    """As dequantize_4bit, the block constants given as stored (`kind`, up to three tensors, a
+    256-value table, a float32 constant: scale_formats.StoredScales) and decoded in C on the
+    decoding threads, a chunk of blocks at a time."""
+    library = library or _library()
+    kept = [t.contiguous() for t in tensors]  # alive until the decode returns
+    pointers = [t.data_ptr() for t in kept] + [None] * (3 - len(kept))
+    scale_table = None if scale_table is None else scale_table.float().contiguous()
+    constants = (SCALE_KINDS[kind], *pointers, None if scale_table is None else scale_table.data_ptr(),
+                 ctypes.c_float(constant))
+    return _decode(library, library.dequantize_4bit_stored, constants, packed, table, n, blocksize, dtype, out)
+
+
+def _decode(library: ctypes.CDLL, entry, constants: tuple, packed: torch.Tensor, table: torch.Tensor, n: int,
+            blocksize: int, dtype: torch.dtype, out: torch.Tensor | None) -> torch.Tensor:
+    """One of the C decodes over all blocks on the threads: `constants`, its arguments between the
+    packed codes and the codebook table."""
+    packed, table = packed.contiguous(), table.float().contiguous()
     direct = dtype if dtype in (torch.float32, torch.bfloat16) else torch.float32
     given = out is not None and out.dtype == direct
     target = out if given else _fresh(library, n, direct)
-    args = (packed.data_ptr(), absmax.data_ptr(), None if offsets is None else offsets.data_ptr(),
-            None if zeros is None else zeros.data_ptr(), table.data_ptr(), target.data_ptr(), n, blocksize)
+    args = (packed.data_ptr(), *constants, table.data_ptr(), target.data_ptr(), n, blocksize)
     path = PATHS[_path]
     if _path != "best" and _path not in decode_paths(library):
         raise RuntimeError(f"decode path {_path!r}: this CPU or build runs {', '.join(decode_paths(library))}")
     # streaming (non-temporal) stores only into a given output: a fresh one is zeroed page by page by
     # the kernel as it is first written, which leaves each page in the cache for plain stores to hit
     # (measured: streaming into fresh 4096 x 4096 fp32 outputs took 21-25 ms against 15 with plain stores)
-    _over_blocks(lambda first, last: library.dequantize_4bit(*args, first, last, int(direct == torch.bfloat16), path,
-                                                             int(given)), n, blocksize)
+    _over_blocks(lambda first, last: entry(*args, first, last, int(direct == torch.bfloat16), path, int(given)), n,
+                 blocksize)
     if out is not None and target is not out:
         return out.copy_(target)
     return target.to(dtype)

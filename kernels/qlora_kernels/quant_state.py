@@ -72,6 +72,19 @@ class QuantState:
         offsets = dequantize_absmax(self.nested_offsets) if self.nested_offsets is not None else self.offsets
         return BlockScales(absmax, offset=offsets)
 
+    def stored_scales(self):
+        """The block constants as stored, for the compiled CPU decode to decode itself
+        (scale_formats.StoredScales); None where they are decoded in torch first (block_scales)."""
+        from qlora_kernels.scale_formats import StoredScales, stored_codec
+
+        if self.scale_format is not None:
+            stored = stored_codec(scale_spec(self.scale_format).codec)
+            return None if stored is None else stored(self.scales, self.codebook)
+        if self.nested is not None and self.nested_offsets is None and self.offsets is None:  # the paper's DQ
+            return StoredScales("nested", (self.nested.codes, self.nested.absmax.float()), table=self.nested.code,
+                                constant=self.nested.offset)
+        return None
+
     def block_absmax(self) -> torch.Tensor:
         return self.block_scales().scale
 

@@ -33,6 +33,26 @@ class BlockScales:
     zero: torch.Tensor | None = None  # float32, subtracted before the product (HQQ's zero point)
 
 
+@dataclass(frozen=True)
+class StoredScales:
+    """A format's block constants as stored, for the compiled CPU decode to decode itself, a chunk
+    of blocks at a time on its own threads (cpu_codec.c's decode_scales: `kind` names its steps,
+    which repeat the format's decode_ function). A format with a `stored_` function beside its
+    encode_ and decode_ ones gets it; the others are decoded here into BlockScales first."""
+
+    kind: str  # native.SCALE_KINDS
+    tensors: tuple[torch.Tensor, ...]  # what the format stores, in the kind's order
+    table: torch.Tensor | None = None  # 256 float32 values a stored byte looks up
+    constant: float = 0.0  # a float32 constant of the kind (the codebook's unit, DQ's mean)
+
+
+def _byte_table(stored: dict, key: str, decode, book: Codebook) -> StoredScales:
+    """One byte per block: its scale looked up in the format's own decode of all 256 bytes (the
+    same float steps, so the same floats)."""
+    every = decode({**stored, key: torch.arange(256, dtype=torch.int32).to(torch.uint8)}, book)
+    return StoredScales("byte_table", (stored[key],), table=every.scale.float())
+
+
 def check_finite(flat: torch.Tensor) -> None:
     """A scale computed from a NaN or an infinity is garbage for the whole block: refuse it."""
     if not torch.isfinite(flat).all():
@@ -130,6 +150,13 @@ def encode_e8m0_rceil(flat: torch.Tensor, book: Codebook, blocksize: int) -> tup
 decode_e8m0_rceil = decode_e8m0
 
 
+def stored_e8m0(stored: dict, book: Codebook) -> StoredScales:
+    return _byte_table(stored, "e8m0", decode_e8m0, book)
+
+
+stored_e8m0_rceil = stored_e8m0
+
+
 # ---- e4m3: NVFP4's FP8 scale per block under an fp32 scale per tensor ----------------------
 
 def encode_e4m3(flat: torch.Tensor, book: Codebook, blocksize: int) -> tuple[torch.Tensor, dict]:
@@ -160,6 +187,10 @@ def decode_e4m3(stored: dict, book: Codebook) -> BlockScales:
     return BlockScales((stored["global"].to(torch.float32) * fp8) * book.unit)
 
 
+def stored_e4m3(stored: dict, book: Codebook) -> StoredScales:
+    return _byte_table(stored, "e4m3", decode_e4m3, book)
+
+
 # ---- fp16: llama.cpp's Q4_0 --------------------------------------------------------------------
 
 def encode_fp16(flat: torch.Tensor, book: Codebook, blocksize: int) -> tuple[torch.Tensor, dict]:
@@ -185,6 +216,10 @@ def encode_fp16(flat: torch.Tensor, book: Codebook, blocksize: int) -> tuple[tor
 
 def decode_fp16(stored: dict, book: Codebook) -> BlockScales:
     return BlockScales(stored["fp16"].to(torch.float32) * book.unit)
+
+
+def stored_fp16(stored: dict, book: Codebook) -> StoredScales:
+    return StoredScales("half", (stored["fp16"],), constant=book.unit)
 
 
 # ---- q4_k: llama.cpp's Q4_K --------------------------------------------------------------------
@@ -282,6 +317,10 @@ def decode_q4_k(stored: dict, book: Codebook) -> BlockScales:
     return BlockScales(scale * book.unit, offset=-low)
 
 
+def stored_q4_k(stored: dict, book: Codebook) -> StoredScales:
+    return StoredScales("k4", (stored["d"], stored["dmin"], stored["scales"]), constant=book.unit)
+
+
 # ---- hqq: half-quadratic quantization ---------------------------------------------------------
 
 def _shrink_lp(x: torch.Tensor, beta: float, lp_norm: float) -> torch.Tensor:
@@ -326,10 +365,24 @@ def decode_hqq(stored: dict, book: Codebook) -> BlockScales:
                        zero=stored["zero"].to(torch.float32) / book.unit)
 
 
+def stored_hqq(stored: dict, book: Codebook) -> StoredScales:
+    return StoredScales("half_zero", (stored["scale"], stored["zero"]), constant=book.unit)
+
+
 def codec(name: str, path: str):
     """(encode, decode) of a scale format, from its spec's `codec` ("module:prefix")."""
+    module, prefix = _codec_module(path)
+    return getattr(module, f"encode_{prefix}"), getattr(module, f"decode_{prefix}")
+
+
+def stored_codec(path: str):
+    """A scale format's `stored_` function (its constants for the compiled decode), or None."""
+    module, prefix = _codec_module(path)
+    return getattr(module, f"stored_{prefix}", None)
+
+
+def _codec_module(path: str):
     import importlib
 
     module_name, prefix = path.split(":")
-    module = importlib.import_module(module_name)
-    return getattr(module, f"encode_{prefix}"), getattr(module, f"decode_{prefix}")
+    return importlib.import_module(module_name), prefix

@@ -221,3 +221,48 @@ def test_scale_formats_decode_on_every_path_as_torch_does(book, blocksize, scale
             reference = dequantize(state, dtype)
         for path, values in each_path(lambda: dequantize(state, dtype)).items():
             assert torch.equal(values, reference), (dtype, path)
+
+
+@pytest.mark.parametrize("book, blocksize, scale", [("nf4", 64, "dq8"), ("e2m1", 16, "e4m3"), ("uint4", 32, "q4_k"),
+                                                    ("uint4", 64, "hqq"), ("int4_grid", 32, "fp16"),
+                                                    ("e2m1", 32, "e8m0")])
+def test_stored_constants_decoded_in_c_over_many_chunks_and_streamed(book, blocksize, scale):
+    """The compiled decode reads these formats' constants as stored (cpu_codec.c's decode_scales, 512
+    blocks a chunk): an output past the streaming size, a short last block, threads splitting the
+    blocks at an odd block (NVFP4's pairs), each path against torch's BlockScales."""
+    weight = torch.randn(2049 * 1024 + 40) * 0.05 + 0.01
+    state = (quantize(weight, book, blocksize=blocksize, double_quant=True) if scale == "dq8"
+             else quantize(weight, book, blocksize=blocksize, scale=scale))
+    assert state.stored_scales() is not None  # the C decode of the constants is what runs
+    with native.enabled(False):
+        reference = dequantize(state, torch.float32)
+    for path in PATHS:
+        with native.decode_path(path):
+            into = torch.empty_like(reference)
+            assert dequantize(state, torch.float32, out=into) is into and torch.equal(into, reference), path
+            assert torch.equal(dequantize(state, torch.bfloat16), reference.to(torch.bfloat16)), path
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)  # three threads: ranges of blocks start and end at odd blocks
+    try:
+        assert torch.equal(dequantize(state, torch.float32), reference)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_build_without_march_native_decodes_stored_halves_bit_for_bit(tmp_path):
+    """-O3 alone has no F16C: its fp16 constants (Q4_0, HQQ, Q4_K) go through the bit steps, subnormal
+    and tiny scales included."""
+    portable = native.build(["-O3"], tmp_path)
+    for book, blocksize, scale in (("int4_grid", 32, "fp16"), ("uint4", 64, "hqq"), ("uint4", 32, "q4_k")):
+        weight = torch.randn(4096 + 40) * 0.05
+        weight[:64] *= 1e-3  # fp16 subnormal scales
+        state = quantize(weight, book, blocksize=blocksize, scale=scale)
+        stored = state.stored_scales()
+        first = stored.tensors[0].float()
+        assert ((first != 0) & (first.abs() < 6.1e-5)).any() or scale == "q4_k"  # d: one per 256, not tiny here
+        with native.enabled(False):
+            reference = dequantize(state, torch.float32)
+        for path, values in each_path(lambda: native.dequantize_4bit_stored(
+                state.packed.reshape(-1), stored.kind, stored.tensors, stored.table, stored.constant,
+                state.codebook.tensor(), state.numel, blocksize, torch.float32, library=portable)).items():
+            assert torch.equal(values, reference), (scale, path)
