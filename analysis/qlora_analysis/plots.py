@@ -288,6 +288,7 @@ def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
+    fig.set_layout_engine(None)  # laid out: else savefig draws the whole figure once more first, unrendered
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
