@@ -28,6 +28,7 @@ ADAPTER_KEYS = ("lora.init", "lora.dora", "lora.rslora")  # the adapter variant 
 METRICS = ("eval_loss", "ppl", "base_ppl", "rougeL", "mmlu_acc", "accuracy", "zero_shot_mean", "train_loss_first",
            "train_loss_last")
 LEFT_OUT_COLUMNS = ["run_dir", "run_id", "reason"]
+ASIDE_MIN = 1000  # records from which `collect` hands a third to its `aside` worker
 
 
 class RecordSchemaError(ValueError):
@@ -50,7 +51,7 @@ def collect(*dirs: str | Path, strict: bool = False, rehearsal: bool = False, sc
     rows, left_out, seen = [], [], {}
     scanned = scanned or scan(*dirs)
     paths = scanned.records
-    half = len(paths) * 2 // 3 if aside is not None and len(paths) >= 1000 else len(paths)  # the worker starts later
+    half = len(paths) * 2 // 3 if aside is not None and len(paths) >= ASIDE_MIN else len(paths)  # the worker starts later
     later = aside.submit(examine, paths[half:], rehearsal) if half < len(paths) else None
     found = examine(paths[:half], rehearsal) + (later.result() if later is not None else [])
     for run_dir, run_id, reason, row in found:

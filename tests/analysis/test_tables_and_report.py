@@ -242,3 +242,48 @@ def test_plots_say_what_their_tables_say(tmp_path: Path, monkeypatch):
                          "upper": [1000.0, 1000.0], "matches": [4, 4]})
     plots.elo_intervals(ties, tmp_path)
     assert "every verdict was a tie" in shown["elo.png"][0]
+
+
+# what the report's worker did, in order: written by the stand-ins below in the forked worker
+WORKER_LOG: dict[str, str] = {}
+
+
+def _log_import_matplotlib() -> None:
+    with open(WORKER_LOG["path"], "a", encoding="utf-8") as log:
+        log.write(f"{os.getpid()} import matplotlib\n")
+
+
+def _logged_examine(paths, rehearsal):
+    from qlora_analysis.collect import _examine_records
+
+    with open(WORKER_LOG["path"], "a", encoding="utf-8") as log:
+        log.write(f"{os.getpid()} {len(paths)} records\n")
+    return _examine_records(paths, rehearsal)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: the report runs in process, with no worker")
+@pytest.mark.parametrize("rehearsal", [False, True])
+def test_the_worker_reads_its_records_before_importing_matplotlib_and_never_imports_it_for_a_rehearsal(
+        tmp_path, monkeypatch, rehearsal):
+    """This process waits for the worker's third of the records: matplotlib's import (0.7 s) came
+    first and kept a 1,092-record rehearsal's analysis waiting, for figures it never draws."""
+    import importlib
+
+    collect_module = importlib.import_module("qlora_analysis.collect")  # the package's `collect` is the function
+    report = importlib.import_module("qlora_analysis.report")
+
+    for i in range(6):
+        write_run(tmp_path / "sweep" / str(i), {"dtype": "nf4", "train.seed": i},
+                  {} if rehearsal else {"eval_loss": 1.0 + i / 10}, rehearsal=rehearsal)
+    WORKER_LOG["path"] = str(tmp_path / "worker.log")
+    monkeypatch.setattr(collect_module, "ASIDE_MIN", 3)  # 6 records: the worker gets 2
+    monkeypatch.setattr(report, "ASIDE_MIN", 3)
+    monkeypatch.setattr(report, "_import_matplotlib", _log_import_matplotlib)
+    monkeypatch.setattr(collect_module, "_examine_records", collect_module.examine, raising=False)
+    monkeypatch.setattr(collect_module, "examine", _logged_examine)
+    built = report.build_report([tmp_path / "sweep"], tmp_path / "report", rehearsal=rehearsal)
+    assert len(built.runs) == 6
+    lines = [line.split(" ", 1) for line in (tmp_path / "worker.log").read_text(encoding="utf-8").splitlines()]
+    assert [what for pid, what in lines if int(pid) == os.getpid()] == ["4 records"]  # this process: the rest
+    in_worker = [what for pid, what in lines if int(pid) != os.getpid()]
+    assert in_worker == (["2 records"] if rehearsal else ["2 records", "import matplotlib"])
