@@ -294,7 +294,7 @@ AVX512BF16_TARGET static inline __m256i to_bf16x16_native(__m512 values) {
                             const float *table, const float *pairs, void *out, int64_t n, int64_t blocksize,         \
                             int64_t first, int64_t last, int32_t out_bf16, int32_t may_stream) {                     \
         __m512 table16 = _mm512_loadu_ps(table);                                                                     \
-        const int stream = may_stream && ((uintptr_t)out & 63) == 0; /* the caller decides by size */  \
+        const int stream = may_stream && ((uintptr_t)out & 63) == 0; /* the caller decides by size */                \
         for (int64_t block = first; block < last; block++) {                                                         \
             int64_t start = block * blocksize, end = block_end(block, blocksize, n), i = start;                     \
             const float *offset = offsets ? offsets + block : NULL, *zero = zeros ? zeros + block : NULL;            \
@@ -369,22 +369,23 @@ static inline float half_to_float(uint16_t half) {
  *               a = d, b = dmin, c = 12 bytes of packed scales and mins */
 static void decode_scales(int32_t kind, const void *a, const void *b, const void *c, const float *table, float x,
                           int64_t first, int64_t count, float *scale, float *offset, float *zero) {
-    const uint8_t *bytes = (const uint8_t *)a + first; /* one byte per block */
-    const uint16_t *halves = (const uint16_t *)a + first, *zero_halves = (const uint16_t *)b + first;
+    /* a and b read per block where the kind stores them so (no pointer formed past them otherwise) */
+    const uint8_t *bytes = (const uint8_t *)a;
+    const uint16_t *halves = (const uint16_t *)a, *zero_halves = (const uint16_t *)b;
     switch (kind) { /* a loop per kind: no test per block */
     case SCALES_NESTED:
-        for (int64_t k = 0; k < count; k++) scale[k] = table[bytes[k]] * ((const float *)b)[(first + k) / 256] + x;
+        for (int64_t k = 0; k < count; k++) scale[k] = table[bytes[first + k]] * ((const float *)b)[(first + k) / 256] + x;
         break;
     case SCALES_BYTE_TABLE:
-        for (int64_t k = 0; k < count; k++) scale[k] = table[bytes[k]];
+        for (int64_t k = 0; k < count; k++) scale[k] = table[bytes[first + k]];
         break;
     case SCALES_HALF:
-        for (int64_t k = 0; k < count; k++) scale[k] = half_to_float(halves[k]) * x;
+        for (int64_t k = 0; k < count; k++) scale[k] = half_to_float(halves[first + k]) * x;
         break;
     case SCALES_HALF_ZERO:
         for (int64_t k = 0; k < count; k++) {
-            scale[k] = half_to_float(halves[k]) * x;
-            zero[k] = half_to_float(zero_halves[k]) / x;
+            scale[k] = half_to_float(halves[first + k]) * x;
+            zero[k] = half_to_float(zero_halves[first + k]) / x;
         }
         break;
     case SCALES_K4: /* gguf's get_scale_min, a super-block's d and dmin converted once */
