@@ -1,9 +1,10 @@
-"""qlora-lab: QLoRA fine-tuning studies as Hydra sweeps that leave one record per run."""
+"""qlora-lab: QLoRA fine-tuning studies as Hydra sweeps that leave one record per run.
+
+Light on purpose: the analysis imports `qlora_lab.records` on a laptop. What composing the
+config folder needs (resolvers, each group's schema) is registered by `qlora_lab.sweep`, which
+every process that composes, launches or runs a job imports (CONF_DIR is there)."""
 
 import logging
-import math
-
-from omegaconf import OmegaConf
 
 __version__ = "0.1.0"
 
@@ -22,38 +23,3 @@ class _NoHubKernelsPackage(logging.Filter):
 
 
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_NoHubKernelsPackage())
-
-
-def hours_to_minutes(hours: float) -> int:
-    """A model's expected run time in hours -> whole minutes for a scheduler's time limit."""
-    return max(1, int(math.ceil(float(hours) * 60)))
-
-
-# `${hours_to_min:${model.resources.hours}}` in the launcher configs; registered on import so
-# every process that composes or unpickles a launcher (the sweep's and each job's) has it.
-OmegaConf.register_new_resolver("hours_to_min", hours_to_minutes, replace=True)
-
-
-def pick(key, table, *default):
-    """One value of a table keyed by another config value: a study's per-size settings, declared
-    in its sweep file (`train.learning_rate: ${pick:${model.name},{llama_7b: 2e-4, llama_65b: 1e-4}}`).
-    A key the table lacks takes the default, or is an error naming the key and the table's keys."""
-    if key in table:
-        return table[key]
-    if default:
-        return default[0]
-    raise KeyError(f"pick: {key!r} is not in the table; it has {', '.join(map(str, table))}")
-
-
-OmegaConf.register_new_resolver("pick", pick, replace=True)
-
-
-def _register_schemas() -> None:
-    """Every process that composes a config (the launch's, a local worker, a cluster job that
-    unpickles its launcher) imports this package first."""
-    from qlora_lab.config import register_schemas
-
-    register_schemas()
-
-
-_register_schemas()

@@ -129,3 +129,23 @@ def test_config_and_records_load_no_torch():
     code = "import sys, qlora_lab.config, qlora_lab.records; print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr[-1000:]
+
+
+def test_the_analysis_starts_without_hydra_omegaconf_scipy_or_matplotlib():
+    """A report's serial start-up: importing `qlora_lab` registered Hydra's schemas (0.28 s of
+    its 0.97 s); the t quantiles imported scipy.special in both of its processes."""
+    code = ("import sys, qlora_analysis.report, qlora_analysis.tables as t; t._load(); "
+            "print(sorted(m for m in ('hydra', 'omegaconf', 'scipy', 'matplotlib', 'torch') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_importing_the_sweep_package_registers_what_composing_needs():
+    code = ("import sys, qlora_lab; print('hydra' in sys.modules); import qlora_lab.sweep; "
+            "from omegaconf import OmegaConf; from hydra.core.config_store import ConfigStore; "
+            "print(OmegaConf.has_resolver('pick'), OmegaConf.has_resolver('hours_to_min'), "
+            "'dtype.yaml' in ConfigStore.instance().list('schema'))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "True", "True", "True"]
