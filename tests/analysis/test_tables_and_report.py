@@ -278,7 +278,7 @@ def test_the_worker_reads_its_records_before_importing_matplotlib_and_never_impo
     WORKER_LOG["path"] = str(tmp_path / "worker.log")
     monkeypatch.setattr(collect_module, "ASIDE_MIN", 3)  # 6 records: the worker gets 2
     monkeypatch.setattr(report, "ASIDE_MIN", 3)
-    monkeypatch.setattr(report, "_import_matplotlib", _log_import_matplotlib)
+    monkeypatch.setattr(report, "_import_for_figures", _log_import_matplotlib)
     monkeypatch.setattr(collect_module, "_examine_records", collect_module.examine, raising=False)
     monkeypatch.setattr(collect_module, "examine", _logged_examine)
     built = report.build_report([tmp_path / "sweep"], tmp_path / "report", rehearsal=rehearsal)

@@ -8,6 +8,8 @@ targets for that sweep).
 
 from __future__ import annotations
 
+import weakref
+
 import pandas as pd
 
 from qlora_analysis.intervals import mean_interval, shown
@@ -34,18 +36,37 @@ def one_sweep(runs: pd.DataFrame) -> bool:
 def swept_axes(runs: pd.DataFrame) -> list[str]:
     """The axes whose values differ between the runs (seeds pooled), data type first. An axis
     that follows another (`dtype.backend` follows the data type: Int4 runs on `lab`) is folded
-    into it: it asks no question of its own."""
+    into it: it asks no question of its own. Found once per frame (both tables of a sweep ask)."""
+    frame, kept = _SWEPT
+    if frame() is not runs:
+        kept = _swept_axes(runs)
+        _SWEPT[:] = [weakref.ref(runs), kept]
+    return list(kept)
+
+
+_SWEPT: list = [lambda: None, []]  # the last frame asked about (weakly held) and its swept axes
+
+
+def _swept_axes(runs: pd.DataFrame) -> list[str]:
     axes = []
     for column in runs.attrs.get("axes", []):  # what the sweep chose (collect: standard axes and overrides)
         if column in POOLED or column not in runs:
             continue
-        if runs[column].astype(str).nunique() > 1:
+        if _distinct_as_text(runs[column]) > 1:
             axes.append(FOLDED.get(column, column))
     kept: list[str] = []
     for axis in dict.fromkeys(axes):
         if not any(follows(runs, axis, leader) for leader in kept):
             kept.append(axis)
     return kept
+
+
+def _distinct_as_text(values: pd.Series) -> int:
+    """How many values differ as text (64 and "64" are one), each distinct value converted once."""
+    try:
+        return len({str(value) for value in values.unique()})
+    except TypeError:  # an unhashable value (a config section): every row as text
+        return values.astype(str).nunique()
 
 
 def follows(runs: pd.DataFrame, axis: str, leader: str) -> bool:
@@ -71,14 +92,18 @@ def sweep_axes(runs, judgments):
     if not axes or not metrics:
         return None
     labels = [runs[a].map(lambda v, a=a: _axis_value(a, v)) for a in axes]  # column by column, no row loop
-    labelled = runs.assign(setting=[" · ".join(values) for values in zip(*labels)])
+    settings = pd.Series([" · ".join(values) for values in zip(*labels)], index=runs.index)
+    at = settings.groupby(settings, sort=True).indices  # setting -> its rows' positions: no frame per group
+    columns = {column: runs[column].to_numpy(dtype=float, na_value=float("nan")) for column, _, _ in metrics}
+    axis_values = {a: runs[a].to_numpy() for a in axes}
     rows, numbers = [], []
-    for setting, group in labelled.groupby("setting", sort=True):
-        row = {"configuration": setting, "n": len(group)}
+    for setting in sorted(at):
+        rows_at = at[setting]
+        row = {"configuration": setting, "n": len(rows_at)}
         for column, heading, digits in metrics:
-            mean, half, n = mean_interval(group[column])
+            mean, half, n = mean_interval(columns[column][rows_at])
             row[heading] = shown(mean, half, digits) if n else ""
-            numbers.append({"configuration": setting, **{a: group[a].iloc[0] for a in axes}, "metric": column,
+            numbers.append({"configuration": setting, **{a: axis_values[a][rows_at[0]] for a in axes}, "metric": column,
                             "mean": mean, "ci95_half": half, "n": n})
         rows.append(row)
     frame = pd.DataFrame(rows).set_index("configuration")
