@@ -48,7 +48,7 @@ def build_report(dirs: list[str | Path], out: Path, strict: bool = False, rehear
         of_elo = workers.submit(elo_intervals, elo, out / "plots")
         report = Report(runs, left_out(runs), judgments, tables)
         write_tables(report, out)
-        write_runs_csv(runs, dirs, out)  # while the worker draws (there, it kept the report waiting)
+        write_runs_csv(runs, dirs, out)  # while the worker still draws (written after the wait, it came last)
         report.plots = with_elo(of_runs.result(), of_elo.result())
     write_report(report, dirs, out, tables_written=True, runs_written=True)
     return report
