@@ -187,23 +187,10 @@ def _read(path: str) -> dict:
     return record
 
 
-def config_value(config: dict, path: str):
-    """A config path's value; a group's own name for a bare group (`dtype` -> `nf4`): a group is
-    a section of the record's config with a `name`."""
-    if isinstance(config.get(path), dict) and "name" in config[path]:
-        return config[path]["name"]
-    node = config
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return ",".join(map(str, node)) if isinstance(node, list) else node
-
-
 def flat_config(node: dict, prefix: str = "", out: dict | None = None) -> dict:
-    """Every config path's value as `config_value` gives it (a section without a name: the section
-    itself), in one pass over the record's config (twenty lookups a run, path by path, were most of
-    reading 10,000 records): `flat.get(path)` is `config_value(config, path)`."""
+    """Every config path's value, in one pass over the record's config (twenty lookups a run, path
+    by path, were most of reading 10,000 records): a group's own name for a group (a section with a
+    `name`: `dtype` -> `nf4`), a section without one as itself, a list joined by commas."""
     out = {} if out is None else out
     for key, value in node.items():
         path = prefix + str(key)

@@ -8,8 +8,6 @@ targets for that sweep).
 
 from __future__ import annotations
 
-import weakref
-
 import pandas as pd
 
 from qlora_analysis.intervals import mean_interval, shown
@@ -36,18 +34,7 @@ def one_sweep(runs: pd.DataFrame) -> bool:
 def swept_axes(runs: pd.DataFrame) -> list[str]:
     """The axes whose values differ between the runs (seeds pooled), data type first. An axis
     that follows another (`dtype.backend` follows the data type: Int4 runs on `lab`) is folded
-    into it: it asks no question of its own. Found once per frame (both tables of a sweep ask)."""
-    frame, kept = _SWEPT
-    if frame() is not runs:
-        kept = _swept_axes(runs)
-        _SWEPT[:] = [weakref.ref(runs), kept]
-    return list(kept)
-
-
-_SWEPT: list = [lambda: None, []]  # the last frame asked about (weakly held) and its swept axes
-
-
-def _swept_axes(runs: pd.DataFrame) -> list[str]:
+    into it: it asks no question of its own."""
     axes = []
     for column in runs.attrs.get("axes", []):  # what the sweep chose (collect: standard axes and overrides)
         if column in POOLED or column not in runs:
