@@ -17,13 +17,39 @@ import json
 import math
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from qlora_lab.cache import build_lock, cache_dir
 from qlora_lab.config import Arch, ModelConfig, Pretrain
 from qlora_lab.model.kinds import KINDS
 
 BUILD_VERSION = 1  # bump when the recipe below changes
+BUILD_REPORT = "build.json"  # beside the weights: what the build made and what it cost
+HELDOUT_WINDOWS = 32  # windows of pretrain.seq_len tokens the built base is scored on
+
+
+@dataclass
+class BuildReport:
+    """What a build made and what it took, kept beside the weights (build.json): the base's loss on
+    modules it was not pretrained on is how two recipes are compared (benchmarks/base_build.py)."""
+
+    name: str
+    kind: str
+    recipe: dict  # model.pretrain as built: steps, batch_size, seq_len, learning_rate, seed, checkpoints
+    pretrain_tokens: int  # steps x batch_size x seq_len
+    heldout_loss: Optional[float]  # mean pretraining loss on the held-out windows; None without pretraining
+    heldout_tokens: int
+    tokenizer_s: float  # the BPE trained on the pretraining text
+    pretrain_s: float  # tokenizing the text and the pretraining steps
+    total_s: float
+
+
+def read_build_report(folder: Path) -> Optional[BuildReport]:
+    """A built base's report; None for a folder built before bases kept one."""
+    path = Path(folder) / BUILD_REPORT
+    return BuildReport(**json.loads(path.read_text())) if path.exists() else None
 
 
 def built_model_dir(cfg: ModelConfig) -> Path:
@@ -75,7 +101,8 @@ def _build(arch: Arch, pretrain: Pretrain, kind: str, out: Path, label: str) -> 
     _say(f"{label} base (once per machine, cached): a {arch.vocab_size}-token BPE tokenizer on "
          f"{len(text) / 1e6:.1f} MB of the standard library's source")
     tokenizer = train_tokenizer(text, arch.vocab_size, kind)
-    _say(f"{label} base: tokenizer {time.perf_counter() - start:.0f} s; tokenizing the text, then "
+    tokenizer_s = time.perf_counter() - start
+    _say(f"{label} base: tokenizer {tokenizer_s:.0f} s; tokenizing the text, then "
          f"{pretrain.steps} pretraining steps of {pretrain.batch_size} x {pretrain.seq_len} tokens")
     torch.manual_seed(pretrain.seed)
     model = spec.new_model(arch, tokenizer)
@@ -85,12 +112,52 @@ def _build(arch: Arch, pretrain: Pretrain, kind: str, out: Path, label: str) -> 
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
 
+    heldout_loss, heldout_tokens = None, 0
     if pretrain.steps:
         ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
-        _pretrain(model, ids, pretrain, label, spec.pretrain_loss(tokenizer),
+        objective = spec.pretrain_loss(tokenizer)
+        _pretrain(model, ids, pretrain, label, objective,
                   lambda step: save(checkpoint_dir(out, step)) if step in pretrain.checkpoints else None)
+        windows = heldout_windows(tokenizer, pretrain.seq_len)
+        heldout_loss, heldout_tokens = _mean_loss(model, objective, windows, pretrain.batch_size), windows.numel()
+        _say(f"{label} base: held-out loss {heldout_loss:.3f} ({heldout_tokens:,} tokens of modules it was "
+             f"not pretrained on)")
     save(out)
-    _say(f"{label} base: done in {time.perf_counter() - start:.0f} s")
+    total_s = time.perf_counter() - start
+    report = BuildReport(name=label, kind=kind, recipe=dataclasses.asdict(pretrain),
+                         pretrain_tokens=pretrain.steps * pretrain.batch_size * pretrain.seq_len,
+                         heldout_loss=heldout_loss, heldout_tokens=heldout_tokens, tokenizer_s=round(tokenizer_s, 2),
+                         pretrain_s=round(total_s - tokenizer_s, 2), total_s=round(total_s, 2))
+    (out / BUILD_REPORT).write_text(json.dumps(dataclasses.asdict(report), indent=2) + "\n")
+    _say(f"{label} base: done in {total_s:.0f} s")
+
+
+def heldout_windows(tokenizer, seq_len: int, count: int = HELDOUT_WINDOWS):
+    """`count` windows of `seq_len` tokens, spread evenly over the source of the modules the bases
+    are not pretrained on (the fine-tuning half): the same text for every recipe of a tokenizer."""
+    import torch
+
+    from qlora_lab.data.stdlib_mc import heldout_source_texts
+
+    text = "\n\n".join(heldout_source_texts())
+    span = 8 * seq_len  # characters: byte-level BPE on code keeps well over one token per 8 of them
+    windows = []
+    for start in range(0, len(text) - span, (len(text) - span) // count)[:count]:
+        ids = tokenizer(text[start : start + span], add_special_tokens=False)["input_ids"]
+        if len(ids) < seq_len:
+            raise RuntimeError(f"held-out window at character {start}: {len(ids)} tokens, fewer than {seq_len}")
+        windows.append(ids[:seq_len])
+    return torch.tensor(windows, dtype=torch.long)
+
+
+def _mean_loss(model, objective, windows, batch_size: int) -> float:
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        total = sum(objective(model, batch).item() * len(batch) for batch in windows.split(batch_size))
+    model.train()
+    return round(total / len(windows), 4)
 
 
 def _pretrain(model, ids, pretrain: Pretrain, label: str, objective, after_step) -> None:
