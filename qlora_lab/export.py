@@ -28,6 +28,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from qlora_lab.gguf_checkpoint import is_gguf
+
 log = logging.getLogger("qlora_lab.export")
 
 EXPORT_NAME = "export.json"
@@ -113,7 +115,7 @@ def export(run_dir: Path, merge: str, out: Path, tokens: int | None = None) -> E
         half = torch.float16 if config.dtype.compute_dtype == "fp16" else torch.bfloat16
         merged.to(half).save_pretrained(out)
         fmt = f"{str(half).removeprefix('torch.')} safetensors"
-    elif config.dtype.released and config.model.path.endswith(".gguf"):  # back into the release's own format
+    elif config.dtype.released and is_gguf(config.model.path):  # back into the release's own format
         fmt, gguf_file = _save_gguf(merged, built.tokenizer, config, out)
     elif config.dtype.released:
         from qlora_lab.model.nvfp4_write import write_nvfp4

@@ -13,6 +13,7 @@ import torch
 
 from qlora_lab.checkpoint_config import released_summary
 from qlora_lab.config import DTypeConfig, LoraConfig, ModelConfig
+from qlora_lab.gguf_checkpoint import is_gguf
 from qlora_lab.model.bits import base_linear_bits, total_stored_bits
 from qlora_lab.model.kinds import KINDS
 from qlora_lab.model.quantize import bnb_config, disable_cpu_weight_repacking, load_dtype, to_compute_dtype
@@ -59,7 +60,7 @@ def model_path(cfg: ModelConfig) -> str:
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
-    if path.endswith(".gguf"):  # a llama.cpp release carries its own
+    if is_gguf(path):  # a llama.cpp release carries its own
         from qlora_lab.model.released import load_gguf_tokenizer
 
         tokenizer = load_gguf_tokenizer(path)
@@ -76,11 +77,11 @@ def load_base(path: str, dtype: DTypeConfig, kind: str = "causal", num_labels: i
     (and a classifier's head) stays unquantized."""
     import transformers
 
-    if dtype.released and path.endswith(".gguf"):  # stored as released: its blocks as they are, no 16-bit load
+    if dtype.released and is_gguf(path):  # stored as released: its blocks as they are, no 16-bit load
         from qlora_lab.model.released import load_gguf_base
 
         return load_gguf_base(path, dtype)
-    if not path.endswith(".gguf") and (dtype.released or released_summary(path) is not None):  # an NVFP4 release
+    if not is_gguf(path) and (dtype.released or released_summary(path) is not None):  # an NVFP4 release
         from qlora_lab.model.merge import dequantize_linears
         from qlora_lab.model.released_nvfp4 import load_nvfp4_base
 
@@ -92,7 +93,7 @@ def load_base(path: str, dtype: DTypeConfig, kind: str = "causal", num_labels: i
     spec = KINDS[kind]
     auto_class, heads = spec.auto_class, spec.trained_heads
     extra = {"num_labels": num_labels} if spec.classifies else {}
-    if path.endswith(".gguf"):  # a release's unquantized reference: transformers dequantizes it
+    if is_gguf(path):  # a release's unquantized reference: transformers dequantizes it
         from qlora_lab.model.released import gguf_location
 
         path, name = gguf_location(path)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from qlora_lab.gguf_checkpoint import is_gguf
+
 
 @dataclass
 class WeightError:
@@ -140,7 +142,7 @@ def _candidate_keys(module_name: str) -> list[str]:
 def checkpoint_tensors(checkpoint: str) -> CheckpointTensors | None:
     """The local folder's or the hub snapshot's safetensors files; None where there are none."""
     folder = Path(checkpoint)
-    if checkpoint.endswith(".gguf"):  # a release with no 16-bit original to measure against
+    if is_gguf(checkpoint):  # a release with no 16-bit original to measure against
         return None
     if not folder.is_dir():
         folder = _hub_snapshot(checkpoint)
