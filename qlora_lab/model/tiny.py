@@ -42,7 +42,7 @@ class BuildReport:
     heldout_loss: Optional[float]  # mean pretraining loss on the held-out windows; None without pretraining
     heldout_tokens: int
     tokenizer_s: float  # the BPE trained on the pretraining text
-    pretrain_s: float  # tokenizing the text and the pretraining steps
+    pretrain_s: float  # the rest: tokenizing the text, the steps, the held-out loss, saving
     total_s: float
 
 

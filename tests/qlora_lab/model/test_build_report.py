@@ -5,10 +5,20 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from qlora_lab.config import Arch, ModelConfig, Pretrain
 from qlora_lab.model.tiny import HELDOUT_WINDOWS, built_model_dir, heldout_windows, read_build_report
 
 ARCH = Arch(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=1, num_heads=2)
+
+
+@pytest.fixture(scope="module")
+def untrained_base(tmp_path_factory):
+    """A build with no pretraining (its tokenizer and report), made once for the tests below."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("QLORA_LAB_CACHE", str(tmp_path_factory.mktemp("cache")))
+        return built_model_dir(ModelConfig(name="unit-init", arch=ARCH, pretrain=Pretrain(steps=0)))
 
 
 def test_a_pretrained_build_reports_its_heldout_loss_tokens_and_seconds(tmp_path, monkeypatch, capsys):
@@ -26,20 +36,17 @@ def test_a_pretrained_build_reports_its_heldout_loss_tokens_and_seconds(tmp_path
     assert f"held-out loss {report.heldout_loss:.3f}" in said and "done in" in said
 
 
-def test_a_build_without_pretraining_has_no_heldout_loss(tmp_path, monkeypatch):
-    monkeypatch.setenv("QLORA_LAB_CACHE", str(tmp_path))
-    report = read_build_report(built_model_dir(ModelConfig(name="unit-init", arch=ARCH, pretrain=Pretrain(steps=0))))
+def test_a_build_without_pretraining_has_no_heldout_loss(untrained_base):
+    report = read_build_report(untrained_base)
     assert report.heldout_loss is None and report.heldout_tokens == 0 and report.pretrain_tokens == 0
 
 
-def test_heldout_windows_are_the_same_text_for_every_recipe_and_never_pretrained_on(tmp_path, monkeypatch):
+def test_heldout_windows_are_the_same_text_for_every_recipe_and_never_pretrained_on(untrained_base):
     from qlora_lab.data.stdlib import pretrain_text
     from qlora_lab.data.stdlib_mc import heldout_source_texts
     from qlora_lab.model.build import load_tokenizer
 
-    monkeypatch.setenv("QLORA_LAB_CACHE", str(tmp_path))
-    tokenizer = load_tokenizer(str(built_model_dir(ModelConfig(name="unit-init", arch=ARCH,
-                                                               pretrain=Pretrain(steps=0)))))
+    tokenizer = load_tokenizer(str(untrained_base))
     windows = heldout_windows(tokenizer, 64)
     assert windows.shape == (HELDOUT_WINDOWS, 64) and (heldout_windows(tokenizer, 64) == windows).all()
     assert len({tuple(w) for w in windows.tolist()}) == HELDOUT_WINDOWS  # spread out, not one window repeated
